@@ -1,0 +1,135 @@
+//! Command-line flags. Everything here is turned into a checked `Config`
+//! (config.rs) before anything binds or spawns.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "wcluster", version, about = "A WebAssembly application server: one worker per core, zero-downtime redeploys")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve a wasi:http handler on every core.
+    Serve(ServeArgs),
+    /// Internal: a worker process, spawned by the primary.
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+    /// Internal: compile a module into a cached artifact, in a child process.
+    #[command(hide = true)]
+    Compile(CompileArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The handler: a wasi:http/proxy component (.wasm).
+    pub handler: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+
+    /// Worker processes (default: one per CPU core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Where compiled artifacts are cached (default: $XDG_CACHE_HOME/wcluster or ~/.cache/wcluster).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// Grant the guest an environment variable: KEY=VALUE, or KEY to pass the host's value.
+    #[arg(long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+
+    /// Grant the guest a directory, read-only: HOST[::GUEST] (GUEST defaults to HOST).
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    pub dir: Vec<String>,
+
+    /// How long SIGTERM waits for requests in flight before exiting anyway.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Longest time one request may run, guest code included.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Linear memory one instance may grow to.
+    #[arg(long, default_value = "256MiB")]
+    pub max_memory: ByteSize,
+
+    /// Largest request body accepted (413 beyond).
+    #[arg(long, default_value = "16MiB")]
+    pub max_body: ByteSize,
+
+    /// Time a client has to send the request headers.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Open client connections per worker; more are closed at once.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Requests running at once per worker; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 128)]
+    pub max_concurrent: u32,
+
+    /// Longest time compiling a module may take.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub compile_timeout: Duration,
+
+    /// Address space the compile child may use.
+    #[arg(long, default_value = "4GiB")]
+    pub compile_max_memory: ByteSize,
+
+    /// Largest handler file accepted.
+    #[arg(long, default_value = "256MiB")]
+    pub max_module_size: ByteSize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The inherited end of the primary's socketpair.
+    #[arg(long)]
+    pub channel_fd: i32,
+    /// The primary's pid: the worker exits if it is not its parent.
+    #[arg(long)]
+    pub parent: i32,
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    #[arg(long)]
+    pub input: PathBuf,
+    #[arg(long)]
+    pub output: PathBuf,
+    /// The engine settings, as JSON, exactly as the workers will use them.
+    #[arg(long)]
+    pub engine: String,
+    #[arg(long)]
+    pub max_memory: u64,
+}

@@ -1,0 +1,189 @@
+//! The checked configuration: flags turned into values that cannot be wrong
+//! later. Everything a worker needs travels to it inside `WorkerInit`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{LogFormat, ServeArgs};
+
+/// What the engine is built from; identical in the compile child and in every
+/// worker so that artifacts are compatible.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub max_memory: u64,
+    pub max_concurrent: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestLimits {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub max_body: u64,
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_concurrent: u32,
+}
+
+/// Capabilities granted to the guest; empty by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Grants {
+    pub env: Vec<(String, String)>,
+    pub dirs: Vec<DirGrant>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirGrant {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompileLimits {
+    pub timeout: Duration,
+    pub max_memory: u64,
+    pub max_module_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub handler: PathBuf,
+    pub addr: SocketAddr,
+    pub workers: usize,
+    pub cache_dir: PathBuf,
+    pub engine: EngineSettings,
+    pub limits: RequestLimits,
+    pub compile: CompileLimits,
+    pub grants: Grants,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// The first message a worker receives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerInit {
+    pub index: usize,
+    pub artifact: PathBuf,
+    pub version: String,
+    pub engine: EngineSettings,
+    pub limits: RequestLimits,
+    pub grants: Grants,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_args(args: ServeArgs) -> Result<Self> {
+        let handler = args.handler;
+        ensure!(
+            handler.is_file(),
+            "handler `{}` does not exist or is not a file",
+            handler.display()
+        );
+        let workers = args.workers.unwrap_or_else(num_cpus::get);
+        ensure!(
+            (1..=1024).contains(&workers),
+            "--workers must be between 1 and 1024, got {workers}"
+        );
+        let l = args.limits;
+        ensure!(!l.request_timeout.is_zero(), "--request-timeout must be more than 0");
+        ensure!(!l.header_timeout.is_zero(), "--header-timeout must be more than 0");
+        ensure!(l.max_connections > 0, "--max-connections must be more than 0");
+        ensure!(
+            (1..=10_000).contains(&l.max_concurrent),
+            "--max-concurrent must be between 1 and 10000"
+        );
+        ensure!(
+            l.max_memory.as_u64() >= 64 * 1024,
+            "--max-memory must be at least one wasm page (64KiB)"
+        );
+        let grants = Grants {
+            env: args.env.iter().map(|e| parse_env(e)).collect::<Result<_>>()?,
+            dirs: args.dir.iter().map(|d| parse_dir(d)).collect::<Result<_>>()?,
+        };
+        Ok(Self {
+            handler,
+            addr: args.addr,
+            workers,
+            cache_dir: args.cache_dir.unwrap_or_else(default_cache_dir),
+            engine: EngineSettings {
+                max_memory: l.max_memory.as_u64(),
+                max_concurrent: l.max_concurrent,
+            },
+            limits: RequestLimits {
+                timeout: l.request_timeout,
+                max_body: l.max_body.as_u64(),
+                header_timeout: l.header_timeout,
+                max_connections: l.max_connections,
+                max_concurrent: l.max_concurrent,
+            },
+            compile: CompileLimits {
+                timeout: l.compile_timeout,
+                max_memory: l.compile_max_memory.as_u64(),
+                max_module_size: l.max_module_size.as_u64(),
+            },
+            grants,
+            drain_timeout: args.drain_timeout,
+            log_format: args.log_format,
+        })
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("wcluster")
+}
+
+fn parse_env(spec: &str) -> Result<(String, String)> {
+    match spec.split_once('=') {
+        Some((k, _)) if k.is_empty() => bail!("--env `{spec}`: the variable name is empty"),
+        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+        None => {
+            let v = std::env::var(spec).with_context(|| {
+                format!("--env `{spec}`: no value given and the host has no such variable")
+            })?;
+            Ok((spec.to_string(), v))
+        }
+    }
+}
+
+fn parse_dir(spec: &str) -> Result<DirGrant> {
+    let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
+    let host = PathBuf::from(host);
+    ensure!(host.is_dir(), "--dir `{spec}`: `{}` is not a directory", host.display());
+    let host = host
+        .canonicalize()
+        .with_context(|| format!("--dir `{spec}`: cannot resolve `{}`", host.display()))?;
+    Ok(DirGrant {
+        host,
+        guest: guest.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_specs() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(parse_env("=x").is_err());
+        let err = parse_env("WCLUSTER_SURELY_UNSET_VAR").unwrap_err();
+        assert!(format!("{err:#}").contains("no such variable"));
+    }
+
+    #[test]
+    fn dir_specs() {
+        let tmp = std::env::temp_dir();
+        let g = parse_dir(&format!("{}::/data", tmp.display())).unwrap();
+        assert_eq!(g.guest, "/data");
+        assert!(parse_dir("/surely/not/here").is_err());
+    }
+}

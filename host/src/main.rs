@@ -1,0 +1,41 @@
+//! wcluster: parse the command line, run the role (primary, worker or
+//! compile child), print the error chain once, exit non-zero on failure.
+
+mod cli;
+mod config;
+mod ipc;
+mod logging;
+mod primary;
+mod runtime;
+mod signal;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            logging::init(args.log_format);
+            config::Config::from_args(args).and_then(primary::main)
+        }
+        Command::Worker(args) => {
+            logging::init(args.log_format);
+            worker::main(args)
+        }
+        // The compile child reports errors on stderr, as plain text, for
+        // the primary to quote.
+        Command::Compile(args) => runtime::artifact::compile_main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wcluster: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

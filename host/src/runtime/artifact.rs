@@ -1,0 +1,209 @@
+//! Compile once, load fast. The primary hashes the handler and looks for a
+//! cached artifact; on a miss a short-lived `wcluster compile` child compiles
+//! and checks it (so a hostile or huge module cannot hurt the primary), and
+//! the workers memory-map the result.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use super::component::{self, GuestState};
+use super::engine::{self, Allocation};
+use crate::cli::CompileArgs;
+use crate::config::{CompileLimits, EngineSettings};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// A compiled handler ready for the workers.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub path: PathBuf,
+    /// Short content hash of the handler file: its version id.
+    pub version: String,
+    /// Whether this call compiled it (false: it came from the cache).
+    pub compiled: bool,
+    pub compile_time: Duration,
+}
+
+/// What kind of file a handler is, read from its first bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Kind {
+    Component,
+    CoreModule,
+}
+
+fn kind(path: &Path, bytes: &[u8]) -> Result<Kind> {
+    let name = path.display();
+    if bytes.starts_with(b"\0asm") {
+        return match bytes.get(4..8) {
+            Some([_, _, 0, 0]) => Ok(Kind::CoreModule),
+            Some([_, _, 1, 0]) => Ok(Kind::Component),
+            _ => bail!("`{name}` has an unknown WebAssembly version/layer"),
+        };
+    }
+    let text = std::str::from_utf8(&bytes[..bytes.len().min(4096)]).unwrap_or("");
+    let text = text.trim_start();
+    if text.starts_with("(component") {
+        Ok(Kind::Component)
+    } else if text.starts_with("(module") {
+        Ok(Kind::CoreModule)
+    } else {
+        bail!(
+            "`{name}` is not a WebAssembly file (expected a wasi:http/proxy component in binary \
+             or text form, starting with `\\0asm` or `(component`)"
+        )
+    }
+}
+
+/// Reads and hashes the handler, then returns its cached artifact, compiling
+/// it in a child process on a miss.
+pub async fn prepare(
+    handler: &Path,
+    cache_dir: &Path,
+    settings: &EngineSettings,
+    limits: &CompileLimits,
+) -> Result<Artifact> {
+    let start = Instant::now();
+    let name = handler.display();
+    let size = std::fs::metadata(handler)
+        .with_context(|| format!("cannot read handler `{name}`"))?
+        .len();
+    ensure!(
+        size <= limits.max_module_size,
+        "handler `{name}` is {size} bytes, over the limit of {} (--max-module-size)",
+        limits.max_module_size
+    );
+    let bytes = std::fs::read(handler).with_context(|| format!("cannot read handler `{name}`"))?;
+    match kind(handler, &bytes)? {
+        Kind::Component => {}
+        Kind::CoreModule => bail!(
+            "`{name}` is a core WebAssembly module; wcluster serves wasi:http/proxy components \
+             (build with `--target wasm32-wasip2`, or `wasm-tools component new`)"
+        ),
+    }
+    let hash = format!("{:x}", Sha256::digest(&bytes));
+    let version = hash[..12].to_string();
+    // The primary builds an engine only to learn its compatibility hash;
+    // it never compiles or runs guest code itself.
+    let engine = engine::build(settings, Allocation::OnDemand)?;
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("cannot create cache directory `{}`", cache_dir.display()))?;
+    let path = cache_dir.join(format!("{hash}-{}.cwasm", engine::compatibility_key(&engine)));
+    if path.is_file() {
+        return Ok(Artifact {
+            path,
+            version,
+            compiled: false,
+            compile_time: start.elapsed(),
+        });
+    }
+    compile_in_child(handler, &path, settings, limits).await?;
+    Ok(Artifact {
+        path,
+        version,
+        compiled: true,
+        compile_time: start.elapsed(),
+    })
+}
+
+async fn compile_in_child(
+    handler: &Path,
+    output: &Path,
+    settings: &EngineSettings,
+    limits: &CompileLimits,
+) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the wcluster executable")?;
+    let child = tokio::process::Command::new(exe)
+        .arg("compile")
+        .arg("--input")
+        .arg(handler)
+        .arg("--output")
+        .arg(output)
+        .arg("--engine")
+        .arg(serde_json::to_string(settings)?)
+        .arg("--max-memory")
+        .arg(limits.max_memory.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the compile child")?;
+    let name = handler.display();
+    let out = match tokio::time::timeout(limits.timeout, child.wait_with_output()).await {
+        Ok(out) => out.context("the compile child failed")?,
+        Err(_) => bail!(
+            "compiling `{name}` took longer than {:?} (--compile-timeout); refused",
+            limits.timeout
+        ),
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reason = stderr.trim();
+    if reason.is_empty() {
+        bail!(
+            "compiling `{name}` failed ({}); it may have hit --compile-max-memory ({} bytes)",
+            out.status,
+            limits.max_memory
+        );
+    }
+    bail!("{reason}")
+}
+
+/// The `wcluster compile` child: compile, check it is a handler, write the
+/// artifact atomically. Errors go to stderr for the primary to report.
+pub fn compile_main(args: CompileArgs) -> Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    // The limit is set by the child on itself, before reading anything, so a
+    // compile bomb runs out of address space here and not in the primary.
+    setrlimit(Resource::RLIMIT_AS, args.max_memory, args.max_memory)
+        .context("cannot set the compile memory limit")?;
+    let settings: EngineSettings = serde_json::from_str(&args.engine)?;
+    let engine = engine::build(&settings, Allocation::OnDemand)?;
+    let name = args.input.display();
+    let bytes = std::fs::read(&args.input).with_context(|| format!("cannot read `{name}`"))?;
+    let component = Component::new(&engine, &bytes)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("`{name}` is not a valid WebAssembly component"))?;
+    component::pre_instantiate(&engine, &component)
+        .with_context(|| format!("`{name}` is not a handler wcluster can serve"))?;
+    let serialized = component.serialize()?;
+    let tmp = args.output.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, serialized)
+        .with_context(|| format!("cannot write artifact `{}`", tmp.display()))?;
+    std::fs::rename(&tmp, &args.output)
+        .with_context(|| format!("cannot write artifact `{}`", args.output.display()))?;
+    Ok(())
+}
+
+/// Loads an artifact in a worker and pre-instantiates it.
+pub fn load(engine: &Engine, path: &Path) -> Result<ProxyPre<GuestState>> {
+    // SAFETY: the file was written by our own compile child through an atomic
+    // rename into the cache, and is named by the hash of its source and of
+    // this engine's settings, so it is a wasmtime artifact for this engine.
+    let component = unsafe { Component::deserialize_file(engine, path) }
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot load artifact `{}`", path.display()))?;
+    component::pre_instantiate(engine, &component)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        let p = Path::new("x.wasm");
+        assert_eq!(kind(p, b"\0asm\x01\0\0\0").unwrap(), Kind::CoreModule);
+        assert_eq!(kind(p, b"\0asm\x0d\0\x01\0").unwrap(), Kind::Component);
+        assert_eq!(kind(p, b"  (component)").unwrap(), Kind::Component);
+        let err = kind(p, b"hello").unwrap_err().to_string();
+        assert!(err.contains("x.wasm") && err.contains("not a WebAssembly file"), "{err}");
+    }
+}

@@ -1,0 +1,222 @@
+//! wasi:http/proxy components (WASI 0.2): the world `wasmtime serve` and Spin
+//! run. Each request gets a fresh instance from the pre-instantiated
+//! component, with only the capabilities the operator granted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use hyper::body::Incoming;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use super::guest_io::GuestLog;
+use crate::config::Grants;
+
+pub struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: Hooks,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outbound HTTP is a capability the guest does not have.
+struct Hooks;
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// The host side of the proxy world, plus `wasi:cli` and the rest of WASI 0.2
+/// as `wasmtime serve -S cli` links them: real components from Rust std,
+/// Python and JavaScript import them. What they can reach is decided per
+/// store by the `WasiCtx`, which grants nothing by default.
+pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// Checks that `component` is a handler this host can serve: every import
+/// satisfied, `wasi:http/incoming-handler` exported.
+pub fn pre_instantiate(engine: &Engine, component: &Component) -> Result<ProxyPre<GuestState>> {
+    let pre = linker(engine)?
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .context("the component imports something wcluster does not provide")?;
+    ProxyPre::new(pre).map_err(anyhow::Error::from).context(
+        "the component does not export `wasi:http/incoming-handler` (expected a wasi:http/proxy handler)",
+    )
+}
+
+/// Why a request produced no guest response.
+#[derive(Debug)]
+pub enum GuestError {
+    /// The deadline passed before the guest set a response.
+    Timeout,
+    /// The guest trapped, or returned without setting a response.
+    Failed(wasmtime::Error),
+}
+
+pub struct Handler {
+    pre: ProxyPre<GuestState>,
+    grants: Arc<Grants>,
+}
+
+impl Handler {
+    pub fn new(pre: ProxyPre<GuestState>, grants: Arc<Grants>) -> Self {
+        Self { pre, grants }
+    }
+
+    fn store(&self, request_id: &Arc<str>) -> Result<Store<GuestState>> {
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestLog::new("stdout", request_id.clone()))
+            .stderr(GuestLog::new("stderr", request_id.clone()))
+            .envs(&self.grants.env);
+        for d in &self.grants.dirs {
+            wasi.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot open granted directory `{}`", d.host.display()))?;
+        }
+        let mut store = Store::new(
+            self.pre.engine(),
+            GuestState {
+                wasi: wasi.build(),
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                hooks: Hooks,
+            },
+        );
+        // Yield to the worker's other requests at every epoch tick; the
+        // deadline itself is a tokio timeout around the whole call.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        Ok(store)
+    }
+
+    /// Runs one request in a fresh instance. The guest keeps running after
+    /// it has set the response, to stream the body, until `deadline`;
+    /// `on_done` runs when it has finished, whatever the outcome.
+    pub async fn handle(
+        &self,
+        req: hyper::Request<Incoming>,
+        body_limit: u64,
+        request_id: Arc<str>,
+        deadline: Instant,
+        on_done: impl FnOnce() + Send + 'static,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, GuestError> {
+        let mut store = self
+            .store(&request_id)
+            .map_err(|e| GuestError::Failed(wasmtime::Error::from_anyhow(e)))?;
+        let req = req.map(|body| http_body_util::Limited::new(body, body_limit as usize));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (req, out) = {
+            let mut http = store.data_mut().http();
+            let req = http
+                .new_incoming_request(Scheme::Http, req.map(LimitedBody))
+                .map_err(GuestError::Failed)?;
+            let out = http.new_response_outparam(tx).map_err(GuestError::Failed)?;
+            (req, out)
+        };
+        let pre = self.pre.clone();
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let task = tokio::spawn(async move {
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            let result = match tokio::time::timeout_at(deadline, run).await {
+                Ok(r) => r.map_err(GuestError::Failed),
+                Err(_) => Err(GuestError::Timeout),
+            };
+            on_done();
+            result
+        });
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(resp))) => Ok(resp),
+            Ok(Ok(Err(code))) => Err(GuestError::Failed(wasmtime::format_err!("guest answered with error {code:?}"))),
+            // The outparam was dropped unset: the task's result says why.
+            Ok(Err(_)) => match task.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(GuestError::Failed(wasmtime::format_err!(
+                    "the handler returned without setting a response"
+                ))),
+                Err(e) => Err(GuestError::Failed(wasmtime::format_err!("the request task failed: {e}"))),
+            },
+            Err(_) => {
+                task.abort();
+                Err(GuestError::Timeout)
+            }
+        }
+    }
+}
+
+/// The request body with the size limit applied, its errors in the type
+/// wasi-http expects.
+struct LimitedBody(http_body_util::Limited<Incoming>);
+
+impl hyper::body::Body for LimitedBody {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let inner = std::pin::Pin::new(&mut self.get_mut().0);
+        inner.poll_frame(cx).map_err(|e| match e.downcast::<hyper::Error>() {
+            Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
+            Err(_) => wasmtime_wasi_http::Error::HttpRequestBodySize(None),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.size_hint()
+    }
+}

@@ -1,0 +1,114 @@
+//! Guest stdout/stderr: forwarded to wcluster's log line by line, each line
+//! tagged with the worker and request it came from.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+
+/// A line longer than this is emitted in pieces rather than buffered forever.
+const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct GuestLog {
+    inner: Arc<Mutex<LineBuf>>,
+}
+
+struct LineBuf {
+    stream: &'static str,
+    request: Arc<str>,
+    buf: Vec<u8>,
+}
+
+impl GuestLog {
+    pub fn new(stream: &'static str, request: Arc<str>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LineBuf {
+                stream,
+                request,
+                buf: Vec::new(),
+            })),
+        }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut lb = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        lb.buf.extend_from_slice(bytes);
+        while let Some(pos) = lb.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = lb.buf.drain(..=pos).collect();
+            lb.emit(&line[..line.len() - 1]);
+        }
+        if lb.buf.len() >= MAX_LINE {
+            let line = std::mem::take(&mut lb.buf);
+            lb.emit(&line);
+        }
+    }
+}
+
+impl LineBuf {
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        tracing::info!(target: "guest", request = %self.request, stream = self.stream, "{}", text.trim_end_matches('\r'));
+    }
+}
+
+impl Drop for LineBuf {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            self.emit(&line);
+        }
+    }
+}
+
+impl IsTerminal for GuestLog {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestLog {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for GuestLog {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(MAX_LINE)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestLog {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for GuestLog {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

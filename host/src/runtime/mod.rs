@@ -1,0 +1,7 @@
+//! Everything that touches wasmtime: the engine configuration (one function
+//! for the compile child and the workers), artifacts, and the handler ABIs.
+
+pub mod artifact;
+pub mod component;
+pub mod engine;
+pub mod guest_io;

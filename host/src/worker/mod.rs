@@ -1,0 +1,100 @@
+//! A worker process: the same binary re-executed by the primary with the
+//! hidden `worker` subcommand. It never binds a socket: connections arrive as
+//! fds over its channel (ipc.rs) and are served by hyper on a single-threaded
+//! tokio runtime, each request in a fresh WASM instance.
+//!
+//! Strategy: one task reads the channel (Init, then Conn/Drain) and spawns a
+//! task per connection (connection.rs); requests run in service.rs. Drain
+//! stops the channel loop and waits for the connections, bounded by the
+//! drain timeout.
+
+mod connection;
+mod service;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hyper_util::server::graceful::GracefulShutdown;
+use nix::sys::signal::Signal;
+use tokio::sync::Semaphore;
+
+use crate::cli::WorkerArgs;
+use crate::ipc::{self, Channel, ToPrimary, ToWorker};
+use crate::runtime::component::Handler;
+use crate::runtime::{artifact, engine};
+use service::WorkerCtx;
+
+/// How often the engine's epoch advances: how long a busy guest runs before
+/// it yields to the worker's other requests.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+pub fn main(args: WorkerArgs) -> Result<()> {
+    // Die with the primary, and catch the race where it died before this line.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("cannot set PDEATHSIG")?;
+    if nix::unistd::getppid().as_raw() != args.parent {
+        bail!("the primary (pid {}) is gone", args.parent);
+    }
+    let fd = ipc::inherited(args.channel_fd)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(fd))
+}
+
+async fn run(fd: OwnedFd) -> Result<()> {
+    let chan = Channel::new(fd)?;
+    let init = match chan.recv::<ToWorker>().await? {
+        Some((ToWorker::Init(init), _)) => init,
+        Some((other, _)) => bail!("expected Init from the primary, got {other:?}"),
+        None => bail!("the primary closed the channel before Init"),
+    };
+    let engine = engine::build(&init.engine, engine::Allocation::Pooling)?;
+    let pre = match artifact::load(&engine, &init.artifact) {
+        Ok(pre) => pre,
+        Err(e) => {
+            let error = format!("{e:#}");
+            chan.send(&ToPrimary::Failed { error }, None).await.ok();
+            return Err(e);
+        }
+    };
+    std::thread::Builder::new()
+        .name("epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+    let ctx = Arc::new(WorkerCtx::new(
+        init.index,
+        Handler::new(pre, Arc::new(init.grants.clone())),
+        init.limits.clone(),
+    ));
+    let connections = Arc::new(Semaphore::new(init.limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tracing::debug!(worker = init.index, version = %init.version, "worker ready");
+    chan.send(&ToPrimary::Ready, None).await?;
+
+    loop {
+        match chan.recv::<ToWorker>().await {
+            Ok(Some((ToWorker::Conn { id }, Some(fd)))) => {
+                connection::serve(&ctx, fd, &graceful, &connections);
+                chan.send(&ToPrimary::Accepted { id }, None).await?;
+            }
+            Ok(Some((ToWorker::Drain, _))) => break,
+            Ok(Some((other, _))) => tracing::warn!("unexpected message from the primary: {other:?}"),
+            // The primary is gone; PDEATHSIG ends us too, drain meanwhile.
+            Ok(None) => break,
+            Err(e) => tracing::warn!("bad message from the primary: {e}"),
+        }
+    }
+    if tokio::time::timeout(init.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(worker = init.index, "drain timeout passed with requests in flight");
+    }
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! One request: admission (concurrency limit, body size), the guest call
+//! with its deadline, error responses, and the access log line.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::config::RequestLimits;
+use crate::runtime::component::{GuestError, Handler};
+
+pub struct WorkerCtx {
+    pub index: usize,
+    pub limits: RequestLimits,
+    handler: Handler,
+    permits: Arc<Semaphore>,
+    next_request: AtomicU64,
+}
+
+impl WorkerCtx {
+    pub fn new(index: usize, handler: Handler, limits: RequestLimits) -> Self {
+        Self {
+            index,
+            handler,
+            permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
+            limits,
+            next_request: AtomicU64::new(1),
+        }
+    }
+}
+
+pub async fn handle(
+    ctx: Arc<WorkerCtx>,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<HyperOutgoingBody>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let n = ctx.next_request.fetch_add(1, Ordering::Relaxed);
+    let request_id: Arc<str> = format!("{}-{n}", ctx.index).into();
+    let resp = respond(&ctx, req, start, &request_id).await;
+    tracing::info!(
+        target: "access",
+        worker = ctx.index,
+        request = %request_id,
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        duration_ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
+    );
+    Ok(resp)
+}
+
+async fn respond(
+    ctx: &WorkerCtx,
+    req: hyper::Request<Incoming>,
+    start: Instant,
+    request_id: &Arc<str>,
+) -> hyper::Response<HyperOutgoingBody> {
+    let limits = &ctx.limits;
+    let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
+        let mut resp = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("worker busy: {} requests in flight\n", limits.max_concurrent),
+        );
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over the limit of {} bytes\n", limits.max_body),
+        );
+    }
+    let deadline = start + limits.timeout;
+    let result = ctx
+        .handler
+        .handle(req, limits.max_body, request_id.clone(), deadline, move || drop(permit))
+        .await;
+    match result {
+        Ok(resp) => resp,
+        Err(GuestError::Timeout) => {
+            tracing::warn!(request = %request_id, "handler exceeded the request deadline of {:?}", limits.timeout);
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("handler exceeded the request deadline of {:?}\n", limits.timeout),
+            )
+        }
+        Err(GuestError::Failed(e)) => {
+            tracing::warn!(request = %request_id, "handler failed: {e:#}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "handler failed\n".to_string())
+        }
+    }
+}
+
+fn error(status: StatusCode, msg: String) -> hyper::Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(msg))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut resp = hyper::Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
