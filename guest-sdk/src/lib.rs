@@ -113,10 +113,17 @@ macro_rules! serve {
 }
 
 #[doc(hidden)]
-pub fn __run(req: IncomingRequest, out: ResponseOutparam, handler: impl FnOnce(Request) -> Response) {
+pub fn __run(
+    req: IncomingRequest,
+    out: ResponseOutparam,
+    handler: impl FnOnce(Request) -> Response,
+) {
     let resp = match read_request(req) {
         Ok(req) => handler(req),
-        Err(e) => text(StatusCode::BAD_REQUEST, format!("cannot read the request: {e}\n")),
+        Err(e) => text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request: {e}\n"),
+        ),
     };
     write_response(resp, out);
 }
@@ -132,7 +139,9 @@ fn read_request(req: IncomingRequest) -> Result<Request, String> {
         WasiMethod::Options => http::Method::OPTIONS,
         WasiMethod::Trace => http::Method::TRACE,
         WasiMethod::Patch => http::Method::PATCH,
-        WasiMethod::Other(m) => http::Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?,
+        WasiMethod::Other(m) => {
+            http::Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?
+        }
     };
     let scheme = match req.scheme() {
         Some(Scheme::Https) => "https",
@@ -147,9 +156,13 @@ fn read_request(req: IncomingRequest) -> Result<Request, String> {
         builder = builder.header(name, value);
     }
     let mut body = Vec::new();
-    let incoming = req.consume().map_err(|()| "body already taken".to_string())?;
+    let incoming = req
+        .consume()
+        .map_err(|()| "body already taken".to_string())?;
     {
-        let mut stream = incoming.stream().map_err(|()| "body stream unavailable".to_string())?;
+        let mut stream = incoming
+            .stream()
+            .map_err(|()| "body stream unavailable".to_string())?;
         stream.read_to_end(&mut body).map_err(|e| e.to_string())?;
     }
     builder.body(body).map_err(|e| e.to_string())
@@ -171,7 +184,11 @@ fn write_response(resp: Response, out: ResponseOutparam) {
     ResponseOutparam::set(out, Ok(outgoing));
     if let Ok(mut stream) = out_body.write() {
         // `write_all` on the wasi stream respects its backpressure.
-        if stream.write_all(&body).and_then(|()| Write::flush(&mut stream)).is_err() {
+        if stream
+            .write_all(&body)
+            .and_then(|()| Write::flush(&mut stream))
+            .is_err()
+        {
             return;
         }
     }

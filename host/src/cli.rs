@@ -9,7 +9,11 @@ use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "wcluster", version, about = "A WebAssembly application server: one worker per core, zero-downtime redeploys")]
+#[command(
+    name = "wcluster",
+    version,
+    about = "A WebAssembly application server: one worker per core, zero-downtime redeploys"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

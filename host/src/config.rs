@@ -90,9 +90,18 @@ impl Config {
             "--workers must be between 1 and 1024, got {workers}"
         );
         let l = args.limits;
-        ensure!(!l.request_timeout.is_zero(), "--request-timeout must be more than 0");
-        ensure!(!l.header_timeout.is_zero(), "--header-timeout must be more than 0");
-        ensure!(l.max_connections > 0, "--max-connections must be more than 0");
+        ensure!(
+            !l.request_timeout.is_zero(),
+            "--request-timeout must be more than 0"
+        );
+        ensure!(
+            !l.header_timeout.is_zero(),
+            "--header-timeout must be more than 0"
+        );
+        ensure!(
+            l.max_connections > 0,
+            "--max-connections must be more than 0"
+        );
         ensure!(
             (1..=10_000).contains(&l.max_concurrent),
             "--max-concurrent must be between 1 and 10000"
@@ -102,8 +111,16 @@ impl Config {
             "--max-memory must be at least one wasm page (64KiB)"
         );
         let grants = Grants {
-            env: args.env.iter().map(|e| parse_env(e)).collect::<Result<_>>()?,
-            dirs: args.dir.iter().map(|d| parse_dir(d)).collect::<Result<_>>()?,
+            env: args
+                .env
+                .iter()
+                .map(|e| parse_env(e))
+                .collect::<Result<_>>()?,
+            dirs: args
+                .dir
+                .iter()
+                .map(|d| parse_dir(d))
+                .collect::<Result<_>>()?,
         };
         Ok(Self {
             handler,
@@ -143,7 +160,7 @@ fn default_cache_dir() -> PathBuf {
 
 fn parse_env(spec: &str) -> Result<(String, String)> {
     match spec.split_once('=') {
-        Some((k, _)) if k.is_empty() => bail!("--env `{spec}`: the variable name is empty"),
+        Some(("", _)) => bail!("--env `{spec}`: the variable name is empty"),
         Some((k, v)) => Ok((k.to_string(), v.to_string())),
         None => {
             let v = std::env::var(spec).with_context(|| {
@@ -157,7 +174,11 @@ fn parse_env(spec: &str) -> Result<(String, String)> {
 fn parse_dir(spec: &str) -> Result<DirGrant> {
     let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
     let host = PathBuf::from(host);
-    ensure!(host.is_dir(), "--dir `{spec}`: `{}` is not a directory", host.display());
+    ensure!(
+        host.is_dir(),
+        "--dir `{spec}`: `{}` is not a directory",
+        host.display()
+    );
     let host = host
         .canonicalize()
         .with_context(|| format!("--dir `{spec}`: cannot resolve `{}`", host.display()))?;

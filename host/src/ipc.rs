@@ -128,7 +128,9 @@ impl Channel {
         let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
         let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
         self.fd
-            .async_io(Interest::WRITABLE, |sock| send_raw(sock.as_fd(), &bytes, &fds))
+            .async_io(Interest::WRITABLE, |sock| {
+                send_raw(sock.as_fd(), &bytes, &fds)
+            })
             .await?;
         Ok(())
     }
@@ -177,7 +179,6 @@ impl Channel {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(Some((msg, fd)))
     }
-
 }
 
 #[cfg(test)]

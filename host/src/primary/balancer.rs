@@ -12,9 +12,12 @@ impl RoundRobin {
     }
 
     pub fn pick(&mut self, len: usize, ready: impl Fn(usize) -> bool) -> Option<usize> {
-        (0..len).map(|i| (self.next + i) % len).find(|&i| ready(i)).inspect(|&i| {
-            self.next = (i + 1) % len;
-        })
+        (0..len)
+            .map(|i| (self.next + i) % len)
+            .find(|&i| ready(i))
+            .inspect(|&i| {
+                self.next = (i + 1) % len;
+            })
     }
 }
 

@@ -58,7 +58,9 @@ impl Dispatcher {
             }
         }
         if self.queue.len() >= MAX_QUEUED {
-            tracing::warn!("no worker can take a connection and {MAX_QUEUED} are queued: closing one");
+            tracing::warn!(
+                "no worker can take a connection and {MAX_QUEUED} are queued: closing one"
+            );
             return;
         }
         self.queue.push_back(stream);

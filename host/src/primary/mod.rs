@@ -94,7 +94,10 @@ async fn run(config: Config) -> Result<()> {
             }
         }
     }
-    println!("wcluster: listening on http://{addr} ({} workers)", sup.len());
+    println!(
+        "wcluster: listening on http://{addr} ({} workers)",
+        sup.len()
+    );
 
     let mut dispatch = Dispatcher::new();
     loop {
@@ -120,7 +123,10 @@ async fn run(config: Config) -> Result<()> {
 
     // Drain: stop accepting, let the workers finish, exit 0.
     drop(listener);
-    tracing::info!("shutting down: draining workers (up to {:?})", config.drain_timeout);
+    tracing::info!(
+        "shutting down: draining workers (up to {:?})",
+        config.drain_timeout
+    );
     sup.drain_all().await;
     let deadline = tokio::time::Instant::now() + config.drain_timeout + KILL_GRACE;
     while sup.any_alive() {
@@ -138,11 +144,22 @@ async fn run(config: Config) -> Result<()> {
 
 fn on_event(ev: Event, sup: &mut Supervisor, dispatch: &mut Dispatcher) -> Result<()> {
     match ev {
-        Event::Message { msg: ToPrimary::Accepted { id }, .. } => dispatch.accepted(id),
-        Event::Message { index, generation, msg: ToPrimary::Ready } => {
+        Event::Message {
+            msg: ToPrimary::Accepted { id },
+            ..
+        } => dispatch.accepted(id),
+        Event::Message {
+            index,
+            generation,
+            msg: ToPrimary::Ready,
+        } => {
             sup.mark_ready(index, generation);
         }
-        Event::Message { index, generation, msg: ToPrimary::Failed { error } } => {
+        Event::Message {
+            index,
+            generation,
+            msg: ToPrimary::Failed { error },
+        } => {
             tracing::error!(worker = index, "worker could not load the handler: {error}");
             if sup.lost(index, generation, "load failed") {
                 dispatch.reclaim(index);
@@ -153,7 +170,11 @@ fn on_event(ev: Event, sup: &mut Supervisor, dispatch: &mut Dispatcher) -> Resul
                 dispatch.reclaim(index);
             }
         }
-        Event::ProcessExited { index, generation, status } => {
+        Event::ProcessExited {
+            index,
+            generation,
+            status,
+        } => {
             if sup.lost(index, generation, &format!("exited: {status}")) {
                 dispatch.reclaim(index);
             }

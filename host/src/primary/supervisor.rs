@@ -29,10 +29,23 @@ pub enum WorkerState {
 /// worker from the one that had its slot before.
 #[derive(Debug)]
 pub enum Event {
-    Message { index: usize, generation: u64, msg: ToPrimary },
-    ChannelClosed { index: usize, generation: u64 },
-    ProcessExited { index: usize, generation: u64, status: String },
-    Respawn { index: usize },
+    Message {
+        index: usize,
+        generation: u64,
+        msg: ToPrimary,
+    },
+    ChannelClosed {
+        index: usize,
+        generation: u64,
+    },
+    ProcessExited {
+        index: usize,
+        generation: u64,
+        status: String,
+    },
+    Respawn {
+        index: usize,
+    },
 }
 
 pub struct Slot {
@@ -157,9 +170,20 @@ impl Supervisor {
         init.index = index;
         let events = self.events.clone();
         tokio::spawn(async move {
-            if chan.send(&ToWorker::Init(Box::new(init)), None).await.is_ok() {
+            if chan
+                .send(&ToWorker::Init(Box::new(init)), None)
+                .await
+                .is_ok()
+            {
                 while let Ok(Some((msg, _))) = chan.recv::<ToPrimary>().await {
-                    if events.send(Event::Message { index, generation, msg }).is_err() {
+                    if events
+                        .send(Event::Message {
+                            index,
+                            generation,
+                            msg,
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -172,7 +196,13 @@ impl Supervisor {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("unknown ({e})"),
             };
-            events.send(Event::ProcessExited { index, generation, status }).ok();
+            events
+                .send(Event::ProcessExited {
+                    index,
+                    generation,
+                    status,
+                })
+                .ok();
         });
         tracing::debug!(worker = index, pid, "worker spawned");
         Ok(())
@@ -222,7 +252,11 @@ impl Supervisor {
                 "worker is crash-looping ({why}); next restart in {delay:?}"
             );
         } else {
-            tracing::warn!(worker = index, pid = slot.pid, "worker lost ({why}); restarting in {delay:?}");
+            tracing::warn!(
+                worker = index,
+                pid = slot.pid,
+                "worker lost ({why}); restarting in {delay:?}"
+            );
         }
         let events = self.events.clone();
         tokio::spawn(async move {

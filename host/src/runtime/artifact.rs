@@ -92,7 +92,10 @@ pub async fn prepare(
     let engine = engine::build(settings, Allocation::OnDemand)?;
     std::fs::create_dir_all(cache_dir)
         .with_context(|| format!("cannot create cache directory `{}`", cache_dir.display()))?;
-    let path = cache_dir.join(format!("{hash}-{}.cwasm", engine::compatibility_key(&engine)));
+    let path = cache_dir.join(format!(
+        "{hash}-{}.cwasm",
+        engine::compatibility_key(&engine)
+    ));
     if path.is_file() {
         return Ok(Artifact {
             path,
@@ -145,7 +148,8 @@ async fn compile_in_child(
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let reason = stderr.trim();
+    // The child's own error line, without its `wcluster: error:` prefix.
+    let reason = stderr.trim().trim_start_matches("wcluster: error: ");
     if reason.is_empty() {
         bail!(
             "compiling `{name}` failed ({}); it may have hit --compile-max-memory ({} bytes)",
@@ -174,7 +178,9 @@ pub fn compile_main(args: CompileArgs) -> Result<()> {
     component::pre_instantiate(&engine, &component)
         .with_context(|| format!("`{name}` is not a handler wcluster can serve"))?;
     let serialized = component.serialize()?;
-    let tmp = args.output.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = args
+        .output
+        .with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, serialized)
         .with_context(|| format!("cannot write artifact `{}`", tmp.display()))?;
     std::fs::rename(&tmp, &args.output)
@@ -204,6 +210,9 @@ mod tests {
         assert_eq!(kind(p, b"\0asm\x0d\0\x01\0").unwrap(), Kind::Component);
         assert_eq!(kind(p, b"  (component)").unwrap(), Kind::Component);
         let err = kind(p, b"hello").unwrap_err().to_string();
-        assert!(err.contains("x.wasm") && err.contains("not a WebAssembly file"), "{err}");
+        assert!(
+            err.contains("x.wasm") && err.contains("not a WebAssembly file"),
+            "{err}"
+        );
     }
 }

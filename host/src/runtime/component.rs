@@ -127,9 +127,16 @@ impl Handler {
             },
         );
         // Yield to the worker's other requests at every epoch tick; the
-        // deadline itself is a tokio timeout around the whole call.
+        // deadline itself is a tokio timeout around the whole call. tokio's
+        // `yield_now` (not a plain wake) lets the I/O driver run first, so a
+        // busy guest cannot starve the worker's sockets.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        store.epoch_deadline_callback(|_| {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
         Ok(store)
     }
 
@@ -176,14 +183,18 @@ impl Handler {
         });
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(resp))) => Ok(resp),
-            Ok(Ok(Err(code))) => Err(GuestError::Failed(wasmtime::format_err!("guest answered with error {code:?}"))),
+            Ok(Ok(Err(code))) => Err(GuestError::Failed(wasmtime::format_err!(
+                "guest answered with error {code:?}"
+            ))),
             // The outparam was dropped unset: the task's result says why.
             Ok(Err(_)) => match task.await {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(())) => Err(GuestError::Failed(wasmtime::format_err!(
                     "the handler returned without setting a response"
                 ))),
-                Err(e) => Err(GuestError::Failed(wasmtime::format_err!("the request task failed: {e}"))),
+                Err(e) => Err(GuestError::Failed(wasmtime::format_err!(
+                    "the request task failed: {e}"
+                ))),
             },
             Err(_) => {
                 task.abort();
@@ -206,10 +217,12 @@ impl hyper::body::Body for LimitedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
         let inner = std::pin::Pin::new(&mut self.get_mut().0);
-        inner.poll_frame(cx).map_err(|e| match e.downcast::<hyper::Error>() {
-            Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
-            Err(_) => wasmtime_wasi_http::Error::HttpRequestBodySize(None),
-        })
+        inner
+            .poll_frame(cx)
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
+                Err(_) => wasmtime_wasi_http::Error::HttpRequestBodySize(None),
+            })
     }
 
     fn is_end_stream(&self) -> bool {

@@ -12,7 +12,12 @@ use tokio::sync::Semaphore;
 
 use super::service::{self, WorkerCtx};
 
-pub fn serve(ctx: &Arc<WorkerCtx>, fd: OwnedFd, graceful: &GracefulShutdown, slots: &Arc<Semaphore>) {
+pub fn serve(
+    ctx: &Arc<WorkerCtx>,
+    fd: OwnedFd,
+    graceful: &GracefulShutdown,
+    slots: &Arc<Semaphore>,
+) {
     let Ok(permit) = slots.clone().try_acquire_owned() else {
         tracing::warn!(
             worker = ctx.index,

@@ -84,7 +84,9 @@ async fn run(fd: OwnedFd) -> Result<()> {
                 chan.send(&ToPrimary::Accepted { id }, None).await?;
             }
             Ok(Some((ToWorker::Drain, _))) => break,
-            Ok(Some((other, _))) => tracing::warn!("unexpected message from the primary: {other:?}"),
+            Ok(Some((other, _))) => {
+                tracing::warn!("unexpected message from the primary: {other:?}")
+            }
             // The primary is gone; PDEATHSIG ends us too, drain meanwhile.
             Ok(None) => break,
             Err(e) => tracing::warn!("bad message from the primary: {e}"),
@@ -94,7 +96,10 @@ async fn run(fd: OwnedFd) -> Result<()> {
         .await
         .is_err()
     {
-        tracing::warn!(worker = init.index, "drain timeout passed with requests in flight");
+        tracing::warn!(
+            worker = init.index,
+            "drain timeout passed with requests in flight"
+        );
     }
     Ok(())
 }

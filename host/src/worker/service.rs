@@ -18,6 +18,7 @@ use crate::runtime::component::{GuestError, Handler};
 
 pub struct WorkerCtx {
     pub index: usize,
+    pid: u32,
     pub limits: RequestLimits,
     handler: Handler,
     permits: Arc<Semaphore>,
@@ -28,6 +29,7 @@ impl WorkerCtx {
     pub fn new(index: usize, handler: Handler, limits: RequestLimits) -> Self {
         Self {
             index,
+            pid: std::process::id(),
             handler,
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             limits,
@@ -49,6 +51,7 @@ pub async fn handle(
     tracing::info!(
         target: "access",
         worker = ctx.index,
+        pid = ctx.pid,
         request = %request_id,
         method = %method,
         path = %path,
@@ -68,9 +71,13 @@ async fn respond(
     let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
         let mut resp = error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("worker busy: {} requests in flight\n", limits.max_concurrent),
+            format!(
+                "worker busy: {} requests in flight\n",
+                limits.max_concurrent
+            ),
         );
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     };
     let declared = req
@@ -87,7 +94,13 @@ async fn respond(
     let deadline = start + limits.timeout;
     let result = ctx
         .handler
-        .handle(req, limits.max_body, request_id.clone(), deadline, move || drop(permit))
+        .handle(
+            req,
+            limits.max_body,
+            request_id.clone(),
+            deadline,
+            move || drop(permit),
+        )
         .await;
     match result {
         Ok(resp) => resp,
@@ -95,12 +108,22 @@ async fn respond(
             tracing::warn!(request = %request_id, "handler exceeded the request deadline of {:?}", limits.timeout);
             error(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("handler exceeded the request deadline of {:?}\n", limits.timeout),
+                format!(
+                    "handler exceeded the request deadline of {:?}\n",
+                    limits.timeout
+                ),
             )
         }
         Err(GuestError::Failed(e)) => {
-            tracing::warn!(request = %request_id, "handler failed: {e:#}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "handler failed\n".to_string())
+            // One line per failure; the guest's backtrace only at debug level.
+            let cause = e.root_cause().to_string();
+            let cause = cause.lines().next().unwrap_or_default();
+            tracing::warn!(request = %request_id, "handler failed: {cause}");
+            tracing::debug!(request = %request_id, "handler failure in full: {e:?}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "handler failed\n".to_string(),
+            )
         }
     }
 }
@@ -111,7 +134,9 @@ fn error(status: StatusCode, msg: String) -> hyper::Response<HyperOutgoingBody> 
         .boxed_unsync();
     let mut resp = hyper::Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

@@ -1,0 +1,65 @@
+//! The end-to-end tests' handler: one route per behaviour under test.
+
+use std::time::Duration;
+
+use wcluster_guest::{Request, Response, StatusCode, query_param};
+
+fn handle(req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let param = |name: &str| query_param(&req, name).map(str::to_string);
+    match path.as_str() {
+        // Stopped by a trap: the host must answer 500 and keep serving.
+        "/trap" => panic!("testkit: trap requested"),
+        // Never returns: the request deadline must stop it.
+        "/loop" => loop {
+            std::hint::black_box(0u64);
+        },
+        // Grows memory until the per-instance limit makes allocation fail.
+        "/hog" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        "/slow" => {
+            let ms = param("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
+            // Tests wait for this line to know the request is in flight.
+            println!("slow request started");
+            std::thread::sleep(Duration::from_millis(ms));
+            text(format!("slept {ms} ms\n"))
+        }
+        "/env" => {
+            let name = param("name").unwrap_or_default();
+            match std::env::var(&name) {
+                Ok(v) => text(v),
+                Err(_) => status(StatusCode::NOT_FOUND, format!("no variable {name}\n")),
+            }
+        }
+        "/file" => {
+            let p = param("path").unwrap_or_default();
+            match std::fs::read_to_string(&p) {
+                Ok(v) => text(v),
+                Err(e) => status(StatusCode::FORBIDDEN, format!("cannot read {p}: {e}\n")),
+            }
+        }
+        "/print" => {
+            println!("testkit says hello on stdout");
+            eprintln!("testkit says hello on stderr");
+            text("printed\n".into())
+        }
+        _ => text("hello\n".into()),
+    }
+}
+
+fn text(body: String) -> Response {
+    Response::new(body.into_bytes())
+}
+
+fn status(code: StatusCode, body: String) -> Response {
+    let mut r = text(body);
+    *r.status_mut() = code;
+    r
+}
+
+wcluster_guest::serve!(handle);

@@ -1,0 +1,292 @@
+//! Starts the real `wcluster` binary on port 0 with handlers built from
+//! source, reads its readiness line and JSON logs, and kills it on drop
+//! (printing its logs when the test failed).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Guests {
+    pub hello: PathBuf,
+    pub testkit: PathBuf,
+    pub echo: PathBuf,
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Builds the test handlers from source, once per test run.
+pub fn guests() -> &'static Guests {
+    static GUESTS: OnceLock<Guests> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace())
+            .args(["build", "--target", "wasm32-wasip2", "--release"])
+            .args(["-p", "hello", "-p", "testkit", "-p", "echo"])
+            .status()
+            .expect("run cargo to build the test handlers");
+        assert!(status.success(), "building the test handlers failed");
+        let dir = target_dir().join("wasm32-wasip2/release");
+        Guests {
+            hello: dir.join("hello.wasm"),
+            testkit: dir.join("testkit.wasm"),
+            echo: dir.join("echo.wasm"),
+        }
+    })
+}
+
+/// Shared by all tests, so each handler is compiled once per run.
+pub fn cache_dir() -> PathBuf {
+    target_dir().join("e2e-cache")
+}
+
+/// A scratch directory unique to one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = target_dir()
+        .join("e2e-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn wcluster() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wcluster"))
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(handler: &Path, extra: &[&str]) -> Server {
+        let mut cmd = wcluster();
+        cmd.arg("serve")
+            .arg(handler)
+            .args([
+                "--addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--cache-dir",
+            ])
+            .arg(cache_dir())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn wcluster");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut server = Server {
+            child: Some(child),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            lines,
+        };
+        let line = server.wait_for_line(Duration::from_secs(120), |l| {
+            l.starts_with("wcluster: listening on http://")
+        });
+        let addr = line
+            .trim_start_matches("wcluster: listening on http://")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_end_matches('/');
+        server.addr = addr.parse().unwrap();
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for a line matching `pred`; panics (with the logs) on timeout
+    /// or if the server exits first.
+    pub fn wait_for_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("wcluster exited ({status}):\n{}", self.lines().join("\n"));
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for a log line"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The JSON log events, optionally only those of one target.
+    pub fn events(&self, target: Option<&str>) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| target.is_none_or(|t| v["target"] == t))
+            .collect()
+    }
+
+    pub fn access_log(&self) -> Vec<Value> {
+        self.events(Some("access"))
+    }
+
+    /// Waits until `pred` holds for the log events.
+    pub fn wait_for_events(&self, timeout: Duration, pred: impl Fn(&[Value]) -> bool) {
+        let start = Instant::now();
+        while !pred(&self.events(None)) {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for log events"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The pid of the newest process in each worker slot, from the logs.
+    pub fn worker_pids(&self) -> Vec<(u64, u32)> {
+        let mut pids = std::collections::BTreeMap::new();
+        for e in self.events(None) {
+            if e["fields"]["message"] == "worker ready" {
+                let w = e["fields"]["worker"].as_u64().unwrap();
+                let pid = e["fields"]["pid"].as_u64().unwrap() as u32;
+                pids.insert(w, pid);
+            }
+        }
+        pids.into_iter().collect()
+    }
+
+    /// Sends a signal to the primary.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "wcluster did not exit in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- wcluster output ----\n{}", self.lines().join("\n"));
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// An HTTP client that opens a new connection for every request.
+pub fn fresh_client() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .max_idle_connections(0)
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+/// A keep-alive HTTP client.
+pub fn keepalive_client() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .max_idle_connections_per_host(1)
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+/// GET returning (status, body); transport errors are Err.
+pub fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, String), String> {
+    match agent.get(url).call() {
+        Ok(r) => Ok((r.status(), r.into_string().map_err(|e| e.to_string())?)),
+        Err(ureq::Error::Status(code, r)) => Ok((code, r.into_string().unwrap_or_default())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs `wcluster` to completion (it must exit within 60 s); (success, stderr).
+pub fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let mut child = wcluster()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("wcluster {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `wcluster` binary, real HTTP, handlers built
+//! from source (tests/handlers, examples/).
+
+mod faults;
+mod harness;
+mod lifecycle;
+mod serving;
+mod startup;

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, lints, unit and end-to-end tests.
+# The end-to-end tests build their handlers from source (tests/handlers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --exclude hello --exclude testkit --exclude echo -- -D warnings
+cargo clippy --target wasm32-wasip2 -p wcluster-guest -p hello -p testkit -p echo -- -D warnings
+cargo test -p wcluster
