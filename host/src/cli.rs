@@ -23,6 +23,12 @@ pub struct Cli {
 pub enum Command {
     /// Serve a wasi:http handler on every core.
     Serve(ServeArgs),
+    /// Show the workers, their versions and the last deploy.
+    Status(ControlArgs),
+    /// Deploy the handler file now (as when it changes on disk).
+    Reload(ControlArgs),
+    /// Roll back to the previous good version.
+    Rollback(ControlArgs),
     /// Internal: a worker process, spawned by the primary.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -66,6 +72,22 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+
+    /// Path every new version must answer (GET, without trap or timeout) before it goes live.
+    #[arg(long, default_value = "/")]
+    pub smoke_path: String,
+
+    /// How long the smoke check may take.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub smoke_timeout: Duration,
+
+    /// Control socket for `wcluster status|reload|rollback` (default: $XDG_RUNTIME_DIR or /tmp, wcluster-PORT.sock).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+
+    /// Do not watch the handler file for changes (reload with SIGHUP or `wcluster reload`).
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -111,6 +133,16 @@ pub struct LimitArgs {
 pub enum LogFormat {
     Human,
     Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ControlArgs {
+    /// The server's port, to find its control socket.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The control socket itself (overrides --port).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

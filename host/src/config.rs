@@ -61,6 +61,9 @@ pub struct Config {
     pub grants: Grants,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
+    pub smoke: SmokeCheck,
+    pub control: Option<PathBuf>,
+    pub watch: bool,
 }
 
 /// The first message a worker receives.
@@ -74,6 +77,15 @@ pub struct WorkerInit {
     pub grants: Grants,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    pub smoke: SmokeCheck,
+}
+
+/// The request every new version must answer before it goes live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmokeCheck {
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl Config {
@@ -101,6 +113,11 @@ impl Config {
         ensure!(
             l.max_connections > 0,
             "--max-connections must be more than 0"
+        );
+        ensure!(
+            args.smoke_path.starts_with('/'),
+            "--smoke-path must start with `/`, got `{}`",
+            args.smoke_path
         );
         ensure!(
             (1..=10_000).contains(&l.max_concurrent),
@@ -146,6 +163,12 @@ impl Config {
             grants,
             drain_timeout: args.drain_timeout,
             log_format: args.log_format,
+            smoke: SmokeCheck {
+                path: args.smoke_path,
+                timeout: args.smoke_timeout,
+            },
+            control: args.control,
+            watch: !args.no_watch,
         })
     }
 }

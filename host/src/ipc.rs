@@ -6,6 +6,7 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::socket::{
@@ -26,6 +27,9 @@ pub enum ToWorker {
     Init(Box<WorkerInit>),
     /// A client connection; its fd rides along. Acknowledge with `Accepted`.
     Conn { id: u64 },
+    /// Load this artifact, smoke-check it and swap it in; answer `Loaded`
+    /// or `LoadFailed`. Requests in flight finish on the old version.
+    Load { artifact: PathBuf, version: String },
     /// Stop taking connections, finish what is in flight, exit.
     Drain,
 }
@@ -34,11 +38,17 @@ pub enum ToWorker {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToPrimary {
     /// The handler is loaded and pre-instantiated; send connections.
-    Ready,
+    Ready { version: String },
     /// The worker owns connection `id` now; the primary may close its copy.
     Accepted { id: u64 },
     /// Loading failed; the worker exits after sending this.
     Failed { error: String },
+    /// `version` passed its smoke check and serves new requests now.
+    Loaded { version: String },
+    /// `version` was refused; the worker goes on with what it had.
+    LoadFailed { version: String, error: String },
+    /// Sent every second: requests served so far, and in flight now.
+    Stats { requests: u64, in_flight: u32 },
 }
 
 /// Upper bound of one message; `Init` is the largest and stays far below it.

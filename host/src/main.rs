@@ -23,6 +23,9 @@ fn main() -> ExitCode {
             logging::init(args.log_format);
             config::Config::from_args(args).and_then(primary::main)
         }
+        Command::Status(args) => primary::control_client(primary::ControlCommand::Status, args),
+        Command::Reload(args) => primary::control_client(primary::ControlCommand::Reload, args),
+        Command::Rollback(args) => primary::control_client(primary::ControlCommand::Rollback, args),
         Command::Worker(args) => {
             logging::init(args.log_format);
             worker::main(args)

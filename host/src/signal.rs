@@ -8,6 +8,8 @@ use tokio::sync::mpsc;
 pub enum SignalEvent {
     /// TERM or INT: stop accepting, drain, exit 0.
     Shutdown,
+    /// HUP: deploy the handler file again.
+    Reload,
 }
 
 /// Starts listening for signals; events arrive on the returned channel.
@@ -16,6 +18,7 @@ pub fn listen() -> Result<mpsc::UnboundedReceiver<SignalEvent>> {
     for (kind, event) in [
         (SignalKind::terminate(), SignalEvent::Shutdown),
         (SignalKind::interrupt(), SignalEvent::Shutdown),
+        (SignalKind::hangup(), SignalEvent::Reload),
     ] {
         let mut stream = signal(kind)?;
         let tx = tx.clone();

@@ -50,6 +50,11 @@ pub enum Event {
 
 pub struct Slot {
     pub state: WorkerState,
+    /// The handler version the worker serves.
+    pub version: String,
+    /// Last counts the worker reported.
+    pub requests: u64,
+    pub in_flight: u32,
     pub generation: u64,
     pub pid: Option<u32>,
     /// The process has not been reaped yet.
@@ -84,6 +89,9 @@ impl Supervisor {
         let slots = (0..count)
             .map(|_| Slot {
                 state: WorkerState::Exited,
+                version: String::new(),
+                requests: 0,
+                in_flight: 0,
                 generation: 0,
                 pid: None,
                 alive: false,
@@ -208,14 +216,35 @@ impl Supervisor {
         Ok(())
     }
 
-    pub fn mark_ready(&mut self, index: usize, generation: u64) -> bool {
+    pub fn mark_ready(&mut self, index: usize, generation: u64, version: String) -> bool {
         let slot = &mut self.slots[index];
         if slot.generation != generation || slot.state != WorkerState::Starting {
             return false;
         }
         slot.state = WorkerState::Ready;
-        tracing::info!(worker = index, pid = slot.pid, "worker ready");
+        tracing::info!(worker = index, pid = slot.pid, %version, "worker ready");
+        slot.version = version;
+        slot.requests = 0;
+        slot.in_flight = 0;
         true
+    }
+
+    /// Records what a worker reported, if it is still the one in the slot.
+    pub fn update(&mut self, index: usize, generation: u64, f: impl FnOnce(&mut Slot)) {
+        let slot = &mut self.slots[index];
+        if slot.generation == generation {
+            f(slot);
+        }
+    }
+
+    /// The artifact new and replacement workers start with: the last good one.
+    pub fn set_artifact(&mut self, path: std::path::PathBuf, version: String) {
+        self.init.artifact = path;
+        self.init.version = version;
+    }
+
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
     }
 
     /// Takes a worker out of the rotation because its channel or process is

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use hyper::body::Incoming;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
@@ -100,11 +99,17 @@ pub enum GuestError {
 pub struct Handler {
     pre: ProxyPre<GuestState>,
     grants: Arc<Grants>,
+    /// Short content hash of the handler file.
+    pub version: String,
 }
 
 impl Handler {
-    pub fn new(pre: ProxyPre<GuestState>, grants: Arc<Grants>) -> Self {
-        Self { pre, grants }
+    pub fn new(pre: ProxyPre<GuestState>, grants: Arc<Grants>, version: String) -> Self {
+        Self {
+            pre,
+            grants,
+            version,
+        }
     }
 
     fn store(&self, request_id: &Arc<str>) -> Result<Store<GuestState>> {
@@ -143,23 +148,28 @@ impl Handler {
     /// Runs one request in a fresh instance. The guest keeps running after
     /// it has set the response, to stream the body, until `deadline`;
     /// `on_done` runs when it has finished, whatever the outcome.
-    pub async fn handle(
+    pub async fn handle<B>(
         &self,
-        req: hyper::Request<Incoming>,
+        req: hyper::Request<B>,
         body_limit: u64,
         request_id: Arc<str>,
         deadline: Instant,
         on_done: impl FnOnce() + Send + 'static,
-    ) -> Result<hyper::Response<HyperOutgoingBody>, GuestError> {
+    ) -> Result<hyper::Response<HyperOutgoingBody>, GuestError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let mut store = self
             .store(&request_id)
             .map_err(|e| GuestError::Failed(wasmtime::Error::from_anyhow(e)))?;
-        let req = req.map(|body| http_body_util::Limited::new(body, body_limit as usize));
+        let req =
+            req.map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (req, out) = {
             let mut http = store.data_mut().http();
             let req = http
-                .new_incoming_request(Scheme::Http, req.map(LimitedBody))
+                .new_incoming_request(Scheme::Http, req)
                 .map_err(GuestError::Failed)?;
             let out = http.new_response_outparam(tx).map_err(GuestError::Failed)?;
             (req, out)
@@ -202,13 +212,47 @@ impl Handler {
             }
         }
     }
+
+    /// The deploy smoke check: `GET path` must produce a whole response
+    /// (any status) without trapping or passing `timeout`.
+    pub async fn smoke_check(&self, path: &str, timeout: std::time::Duration) -> Result<u16> {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::get(path)
+            .header(http::header::HOST, "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let deadline = Instant::now() + timeout;
+        let id: Arc<str> = "smoke".into();
+        let resp = match self.handle(req, 0, id, deadline, || {}).await {
+            Ok(resp) => resp,
+            Err(GuestError::Timeout) => {
+                anyhow::bail!("smoke check GET {path}: no response within {timeout:?}")
+            }
+            Err(GuestError::Failed(e)) => {
+                anyhow::bail!("smoke check GET {path} failed: {}", e.root_cause())
+            }
+        };
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout_at(
+            tokio::time::Instant::from_std(deadline),
+            resp.into_body().collect(),
+        );
+        match body.await {
+            Ok(Ok(_)) => Ok(status),
+            Ok(Err(e)) => anyhow::bail!("smoke check GET {path}: the response body failed: {e}"),
+            Err(_) => anyhow::bail!("smoke check GET {path}: body not finished within {timeout:?}"),
+        }
+    }
 }
 
 /// The request body with the size limit applied, its errors in the type
 /// wasi-http expects.
-struct LimitedBody(http_body_util::Limited<Incoming>);
+struct LimitedBody<B>(http_body_util::Limited<B>);
 
-impl hyper::body::Body for LimitedBody {
+impl<B> hyper::body::Body for LimitedBody<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = bytes::Bytes;
     type Error = wasmtime_wasi_http::Error;
 
@@ -217,12 +261,15 @@ impl hyper::body::Body for LimitedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
         let inner = std::pin::Pin::new(&mut self.get_mut().0);
-        inner
-            .poll_frame(cx)
-            .map_err(|e| match e.downcast::<hyper::Error>() {
+        inner.poll_frame(cx).map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return wasmtime_wasi_http::Error::HttpRequestBodySize(None);
+            }
+            match e.downcast::<hyper::Error>() {
                 Ok(h) => wasmtime_wasi_http::Error::Hyper(*h),
-                Err(_) => wasmtime_wasi_http::Error::HttpRequestBodySize(None),
-            })
+                Err(e) => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+            }
+        })
     }
 
     fn is_end_stream(&self) -> bool {

@@ -3,12 +3,15 @@
 //! fds over its channel (ipc.rs) and are served by hyper on a single-threaded
 //! tokio runtime, each request in a fresh WASM instance.
 //!
-//! Strategy: one task reads the channel (Init, then Conn/Drain) and spawns a
-//! task per connection (connection.rs); requests run in service.rs. Drain
-//! stops the channel loop and waits for the connections, bounded by the
-//! drain timeout.
+//! Strategy: one task reads the channel (Init, then Conn/Load/Drain) and
+//! spawns a task per connection (connection.rs); requests run in service.rs.
+//! Load starts a deploy task (deploy.rs) that swaps the handler in place, so
+//! connections stay where they are. A stats task reports counts each second.
+//! Drain stops the channel loop and waits for the connections, bounded by
+//! the drain timeout.
 
 mod connection;
+mod deploy;
 mod service;
 
 use std::os::fd::OwnedFd;
@@ -24,11 +27,13 @@ use crate::cli::WorkerArgs;
 use crate::ipc::{self, Channel, ToPrimary, ToWorker};
 use crate::runtime::component::Handler;
 use crate::runtime::{artifact, engine};
+use deploy::Deployer;
 use service::WorkerCtx;
 
 /// How often the engine's epoch advances: how long a busy guest runs before
 /// it yields to the worker's other requests.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 pub fn main(args: WorkerArgs) -> Result<()> {
     // Die with the primary, and catch the race where it died before this line.
@@ -44,15 +49,24 @@ pub fn main(args: WorkerArgs) -> Result<()> {
 }
 
 async fn run(fd: OwnedFd) -> Result<()> {
-    let chan = Channel::new(fd)?;
+    let chan = Arc::new(Channel::new(fd)?);
     let init = match chan.recv::<ToWorker>().await? {
         Some((ToWorker::Init(init), _)) => init,
         Some((other, _)) => bail!("expected Init from the primary, got {other:?}"),
         None => bail!("the primary closed the channel before Init"),
     };
     let engine = engine::build(&init.engine, engine::Allocation::Pooling)?;
-    let pre = match artifact::load(&engine, &init.artifact) {
-        Ok(pre) => pre,
+    let deployer = Arc::new(Deployer {
+        engine: engine.clone(),
+        grants: Arc::new(init.grants.clone()),
+        smoke: init.smoke.clone(),
+    });
+    // The first version was checked by the compile child; it only needs
+    // loading (the primary smoke-checks versions that arrive later).
+    let first = artifact::load(&engine, &init.artifact)
+        .map(|pre| Handler::new(pre, deployer.grants.clone(), init.version.clone()));
+    let handler = match first {
+        Ok(h) => h,
         Err(e) => {
             let error = format!("{e:#}");
             chan.send(&ToPrimary::Failed { error }, None).await.ok();
@@ -67,21 +81,26 @@ async fn run(fd: OwnedFd) -> Result<()> {
                 engine.increment_epoch();
             }
         })?;
-    let ctx = Arc::new(WorkerCtx::new(
-        init.index,
-        Handler::new(pre, Arc::new(init.grants.clone())),
-        init.limits.clone(),
-    ));
+    let ctx = Arc::new(WorkerCtx::new(init.index, handler, init.limits.clone()));
     let connections = Arc::new(Semaphore::new(init.limits.max_connections));
     let graceful = GracefulShutdown::new();
-    tracing::debug!(worker = init.index, version = %init.version, "worker ready");
-    chan.send(&ToPrimary::Ready, None).await?;
+    chan.send(
+        &ToPrimary::Ready {
+            version: init.version.clone(),
+        },
+        None,
+    )
+    .await?;
+    spawn_stats(ctx.clone(), chan.clone());
 
     loop {
         match chan.recv::<ToWorker>().await {
             Ok(Some((ToWorker::Conn { id }, Some(fd)))) => {
                 connection::serve(&ctx, fd, &graceful, &connections);
                 chan.send(&ToPrimary::Accepted { id }, None).await?;
+            }
+            Ok(Some((ToWorker::Load { artifact, version }, _))) => {
+                deployer.spawn_load(ctx.clone(), chan.clone(), artifact, version);
             }
             Ok(Some((ToWorker::Drain, _))) => break,
             Ok(Some((other, _))) => {
@@ -102,4 +121,28 @@ async fn run(fd: OwnedFd) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Reports the worker's counts to the primary every second, for `status`.
+fn spawn_stats(ctx: Arc<service::WorkerCtx>, chan: Arc<Channel>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STATS_INTERVAL);
+        loop {
+            tick.tick().await;
+            let (requests, in_flight) = ctx.stats();
+            if chan
+                .send(
+                    &ToPrimary::Stats {
+                        requests,
+                        in_flight,
+                    },
+                    None,
+                )
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
 }

@@ -2,8 +2,8 @@
 //! with its deadline, error responses, and the access log line.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,7 +20,9 @@ pub struct WorkerCtx {
     pub index: usize,
     pid: u32,
     pub limits: RequestLimits,
-    handler: Handler,
+    /// Swapped whole by a deploy; a request clones the Arc it started with,
+    /// so requests in flight finish on the version they began on.
+    handler: RwLock<Arc<Handler>>,
     permits: Arc<Semaphore>,
     next_request: AtomicU64,
 }
@@ -30,11 +32,29 @@ impl WorkerCtx {
         Self {
             index,
             pid: std::process::id(),
-            handler,
+            handler: RwLock::new(Arc::new(handler)),
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             limits,
             next_request: AtomicU64::new(1),
         }
+    }
+
+    pub fn handler(&self) -> Arc<Handler> {
+        self.handler
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn swap(&self, handler: Handler) {
+        *self.handler.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(handler);
+    }
+
+    /// (requests served, requests in flight)
+    pub fn stats(&self) -> (u64, u32) {
+        let served = self.next_request.load(Ordering::Relaxed) - 1;
+        let in_flight = self.limits.max_concurrent as usize - self.permits.available_permits();
+        (served, in_flight as u32)
     }
 }
 
@@ -47,11 +67,13 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let n = ctx.next_request.fetch_add(1, Ordering::Relaxed);
     let request_id: Arc<str> = format!("{}-{n}", ctx.index).into();
-    let resp = respond(&ctx, req, start, &request_id).await;
+    let handler = ctx.handler();
+    let resp = respond(&ctx, &handler, req, start, &request_id).await;
     tracing::info!(
         target: "access",
         worker = ctx.index,
         pid = ctx.pid,
+        version = %handler.version,
         request = %request_id,
         method = %method,
         path = %path,
@@ -63,6 +85,7 @@ pub async fn handle(
 
 async fn respond(
     ctx: &WorkerCtx,
+    handler: &Handler,
     req: hyper::Request<Incoming>,
     start: Instant,
     request_id: &Arc<str>,
@@ -92,8 +115,7 @@ async fn respond(
         );
     }
     let deadline = start + limits.timeout;
-    let result = ctx
-        .handler
+    let result = handler
         .handle(
             req,
             limits.max_body,

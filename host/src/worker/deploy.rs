@@ -1,0 +1,58 @@
+//! A new version arriving at a running worker: load the artifact,
+//! pre-instantiate it, smoke-check it, swap it in, report. Runs as its own
+//! task so the worker keeps taking connections meanwhile.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+use wasmtime::Engine;
+
+use super::service::WorkerCtx;
+use crate::config::{Grants, SmokeCheck};
+use crate::ipc::{Channel, ToPrimary};
+use crate::runtime::artifact;
+use crate::runtime::component::Handler;
+
+pub struct Deployer {
+    pub engine: Engine,
+    pub grants: Arc<Grants>,
+    pub smoke: SmokeCheck,
+}
+
+impl Deployer {
+    /// Loads and checks a handler without putting it in service.
+    pub async fn prepare(&self, artifact: &Path, version: &str) -> Result<Handler> {
+        let pre = artifact::load(&self.engine, artifact)?;
+        let handler = Handler::new(pre, self.grants.clone(), version.to_string());
+        handler
+            .smoke_check(&self.smoke.path, self.smoke.timeout)
+            .await?;
+        Ok(handler)
+    }
+
+    pub fn spawn_load(
+        self: &Arc<Self>,
+        ctx: Arc<WorkerCtx>,
+        chan: Arc<Channel>,
+        artifact: std::path::PathBuf,
+        version: String,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let msg = match this.prepare(&artifact, &version).await {
+                Ok(handler) => {
+                    ctx.swap(handler);
+                    tracing::info!(worker = ctx.index, %version, "now serving version {version}");
+                    ToPrimary::Loaded { version }
+                }
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    tracing::warn!(worker = ctx.index, %version, "refused version {version}: {error}");
+                    ToPrimary::LoadFailed { version, error }
+                }
+            };
+            chan.send(&msg, None).await.ok();
+        });
+    }
+}
