@@ -258,23 +258,22 @@ impl Deploys {
 
     /// Sends the roll's version to the next worker that needs it, or ends it.
     fn advance(&mut self, sup: &mut Supervisor) {
-        loop {
-            let Some(roll) = &mut self.roll else { return };
-            if roll.awaiting.is_some() {
-                return;
-            }
-            let goal = if roll.reverting.is_some() {
-                &roll.from
-            } else {
-                &roll.target
-            };
-            let next = (0..sup.len()).find(|&i| {
-                let s = sup.slot(i);
-                s.state == WorkerState::Ready
-                    && s.version != goal.version
-                    && !roll.attempted.contains(&i)
-            });
-            let Some(index) = next else { break };
+        let Some(roll) = &mut self.roll else { return };
+        if roll.awaiting.is_some() {
+            return;
+        }
+        let goal = if roll.reverting.is_some() {
+            &roll.from
+        } else {
+            &roll.target
+        };
+        let next = (0..sup.len()).find(|&i| {
+            let s = sup.slot(i);
+            s.state == WorkerState::Ready
+                && s.version != goal.version
+                && !roll.attempted.contains(&i)
+        });
+        if let Some(index) = next {
             roll.attempted.insert(index);
             let msg = ToWorker::Load {
                 artifact: goal.path.clone(),
@@ -283,11 +282,13 @@ impl Deploys {
             let sent = sup.channel(index).map(|c| c.try_send(&msg, None));
             if let Some(Ok(())) = sent {
                 roll.awaiting = Some((index, sup.slot(index).generation));
-                return;
+            } else {
+                // Could not even tell it: count it as refused and go on.
+                self.fail(
+                    format!("worker {index} could not be sent the new version"),
+                    sup,
+                );
             }
-            // Could not even tell it: treat it as refused and go on.
-            let reason = format!("worker {index} could not be sent the new version");
-            self.fail(reason, sup);
             return;
         }
         let roll = self.roll.take().expect("checked above");

@@ -15,6 +15,11 @@ pub struct Guests {
     pub hello: PathBuf,
     pub testkit: PathBuf,
     pub echo: PathBuf,
+    /// tests/handlers/versioned built as "v1", "v2", and "trap" (traps on
+    /// every request, so it fails the deploy smoke check).
+    pub v1: PathBuf,
+    pub v2: PathBuf,
+    pub trap: PathBuf,
 }
 
 fn workspace() -> PathBuf {
@@ -43,10 +48,34 @@ pub fn guests() -> &'static Guests {
             .expect("run cargo to build the test handlers");
         assert!(status.success(), "building the test handlers failed");
         let dir = target_dir().join("wasm32-wasip2/release");
+        let copies = target_dir().join("e2e-guests");
+        std::fs::create_dir_all(&copies).unwrap();
+        let versioned = |tag: &str| {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(workspace())
+                .env("VERSIONED_TAG", tag)
+                .args([
+                    "build",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--release",
+                    "-p",
+                    "versioned",
+                ])
+                .status()
+                .expect("run cargo to build the versioned handler");
+            assert!(status.success(), "building versioned ({tag}) failed");
+            let copy = copies.join(format!("versioned-{tag}.wasm"));
+            std::fs::copy(dir.join("versioned.wasm"), &copy).unwrap();
+            copy
+        };
         Guests {
             hello: dir.join("hello.wasm"),
             testkit: dir.join("testkit.wasm"),
             echo: dir.join("echo.wasm"),
+            v1: versioned("v1"),
+            v2: versioned("v2"),
+            trap: versioned("trap"),
         }
     })
 }
@@ -73,11 +102,20 @@ pub fn wcluster() -> Command {
 pub struct Server {
     child: Option<Child>,
     pub addr: SocketAddr,
+    pub control: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
+}
+
+/// A control socket path unique to one server (short: sun_path is 108 bytes).
+fn control_path() -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("wcluster-e2e-{}-{n}.sock", std::process::id()))
 }
 
 impl Server {
     pub fn start(handler: &Path, extra: &[&str]) -> Server {
+        let control = control_path();
         let mut cmd = wcluster();
         cmd.arg("serve")
             .arg(handler)
@@ -89,6 +127,8 @@ impl Server {
                 "--cache-dir",
             ])
             .arg(cache_dir())
+            .arg("--control")
+            .arg(&control)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -109,6 +149,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             addr: "127.0.0.1:0".parse().unwrap(),
+            control,
             lines,
         };
         let line = server.wait_for_line(Duration::from_secs(120), |l| {
@@ -194,6 +235,65 @@ impl Server {
         pids.into_iter().collect()
     }
 
+    /// Runs `wcluster CMD` (status, reload, rollback) against this server;
+    /// (success, the JSON it printed).
+    pub fn control(&self, cmd: &str) -> (bool, Value) {
+        let out = wcluster()
+            .arg(cmd)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap();
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "wcluster {cmd} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), json)
+    }
+
+    pub fn status(&self) -> Value {
+        self.control("status").1
+    }
+
+    /// The versions named by `wcluster: rolled to VERSION ...` lines so far.
+    pub fn rolls(&self) -> Vec<String> {
+        self.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("wcluster: rolled to "))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+            .collect()
+    }
+
+    /// Waits for the `n`th roll and returns its version.
+    pub fn wait_for_roll(&self, n: usize) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = self.rolls().get(n - 1) {
+                return v.clone();
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "no roll #{n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls `status` until `pred` holds.
+    pub fn wait_for_status(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "status never matched: {s:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends a signal to the primary.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
@@ -223,6 +323,91 @@ impl Drop for Server {
         if std::thread::panicking() {
             eprintln!("---- wcluster output ----\n{}", self.lines().join("\n"));
         }
+    }
+}
+
+/// Clients hammering a server on background threads, recording every
+/// response that is not a 200 with a body `accept` takes.
+pub struct Traffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub ok: Arc<std::sync::atomic::AtomicUsize>,
+    pub errors: Arc<Mutex<Vec<String>>>,
+    pub bodies: Arc<Mutex<std::collections::BTreeMap<String, usize>>>,
+}
+
+impl Traffic {
+    /// `keepalive` clients on persistent connections and `fresh` ones that
+    /// connect for every request; each alternates a GET and a POST.
+    pub fn start(
+        server: &Server,
+        keepalive: usize,
+        fresh: usize,
+        accept: fn(&str) -> bool,
+    ) -> Traffic {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let bodies = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let threads = (0..keepalive + fresh)
+            .map(|t| {
+                let (stop, ok, errors, bodies) =
+                    (stop.clone(), ok.clone(), errors.clone(), bodies.clone());
+                let url = server.url("/");
+                std::thread::spawn(move || {
+                    let client = if t < keepalive {
+                        keepalive_client()
+                    } else {
+                        fresh_client()
+                    };
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let result = if i.is_multiple_of(2) {
+                            client.post(&url).send_bytes(&vec![b'x'; 100 + t])
+                        } else {
+                            client.get(&url).call()
+                        };
+                        let outcome = match result {
+                            Ok(r) => {
+                                let status = r.status();
+                                match r.into_string() {
+                                    Ok(body) if status == 200 && accept(&body) => Ok(body),
+                                    Ok(body) => Err(format!("{status} {body:?}")),
+                                    Err(e) => Err(format!("body: {e}")),
+                                }
+                            }
+                            Err(e) => Err(e.to_string()),
+                        };
+                        match outcome {
+                            Ok(body) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                *bodies.lock().unwrap().entry(body).or_default() += 1;
+                            }
+                            Err(e) => errors.lock().unwrap().push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            threads,
+            ok,
+            errors,
+            bodies,
+        }
+    }
+
+    /// Stops the clients; (responses accepted, errors).
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        (self.ok.load(std::sync::atomic::Ordering::Relaxed), errors)
     }
 }
 
