@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
-use wasmtime::Engine;
+use wasmtime::Module;
 use wasmtime::component::Component;
 
-use super::component::{self, GuestState};
 use super::engine::{self, Allocation};
+use super::{cgi, component};
 use crate::cli::CompileArgs;
 use crate::config::{CompileLimits, EngineSettings};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// A compiled handler ready for the workers.
 #[derive(Debug, Clone)]
@@ -53,8 +52,8 @@ fn kind(path: &Path, bytes: &[u8]) -> Result<Kind> {
         Ok(Kind::CoreModule)
     } else {
         bail!(
-            "`{name}` is not a WebAssembly file (expected a wasi:http/proxy component in binary \
-             or text form, starting with `\\0asm` or `(component`)"
+            "`{name}` is not a WebAssembly file (expected a wasi:http/proxy component or a WASI \
+             command module, in binary or text form: `\\0asm`, `(component` or `(module`)"
         )
     }
 }
@@ -78,13 +77,7 @@ pub async fn prepare(
         limits.max_module_size
     );
     let bytes = std::fs::read(handler).with_context(|| format!("cannot read handler `{name}`"))?;
-    match kind(handler, &bytes)? {
-        Kind::Component => {}
-        Kind::CoreModule => bail!(
-            "`{name}` is a core WebAssembly module; wcluster serves wasi:http/proxy components \
-             (build with `--target wasm32-wasip2`, or `wasm-tools component new`)"
-        ),
-    }
+    kind(handler, &bytes)?;
     let hash = format!("{:x}", Sha256::digest(&bytes));
     let version = hash[..12].to_string();
     // The primary builds an engine only to learn its compatibility hash;
@@ -172,12 +165,24 @@ pub fn compile_main(args: CompileArgs) -> Result<()> {
     let engine = engine::build(&settings, Allocation::OnDemand)?;
     let name = args.input.display();
     let bytes = std::fs::read(&args.input).with_context(|| format!("cannot read `{name}`"))?;
-    let component = Component::new(&engine, &bytes)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("`{name}` is not a valid WebAssembly component"))?;
-    component::pre_instantiate(&engine, &component)
-        .with_context(|| format!("`{name}` is not a handler wcluster can serve"))?;
-    let serialized = component.serialize()?;
+    let serialized = match kind(&args.input, &bytes)? {
+        Kind::Component => {
+            let component = Component::new(&engine, &bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("`{name}` is not a valid WebAssembly component"))?;
+            component::pre_instantiate(&engine, &component)
+                .with_context(|| format!("`{name}` is not a handler wcluster can serve"))?;
+            component.serialize()?
+        }
+        Kind::CoreModule => {
+            let module = Module::new(&engine, &bytes)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("`{name}` is not a valid WebAssembly module"))?;
+            cgi::pre_instantiate(&engine, &module)
+                .with_context(|| format!("`{name}` is not a handler wcluster can serve"))?;
+            module.serialize()?
+        }
+    };
     let tmp = args
         .output
         .with_extension(format!("tmp{}", std::process::id()));
@@ -186,17 +191,6 @@ pub fn compile_main(args: CompileArgs) -> Result<()> {
     std::fs::rename(&tmp, &args.output)
         .with_context(|| format!("cannot write artifact `{}`", args.output.display()))?;
     Ok(())
-}
-
-/// Loads an artifact in a worker and pre-instantiates it.
-pub fn load(engine: &Engine, path: &Path) -> Result<ProxyPre<GuestState>> {
-    // SAFETY: the file was written by our own compile child through an atomic
-    // rename into the cache, and is named by the hash of its source and of
-    // this engine's settings, so it is a wasmtime artifact for this engine.
-    let component = unsafe { Component::deserialize_file(engine, path) }
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot load artifact `{}`", path.display()))?;
-    component::pre_instantiate(engine, &component)
 }
 
 #[cfg(test)]

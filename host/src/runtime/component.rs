@@ -2,20 +2,18 @@
 //! run. Each request gets a fresh instance from the pre-instantiated
 //! component, with only the capabilities the operator granted.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::guest_io::GuestLog;
-use crate::config::Grants;
+use super::handler::GuestError;
 
 pub struct GuestState {
     wasi: WasiCtx,
@@ -87,166 +85,83 @@ pub fn pre_instantiate(engine: &Engine, component: &Component) -> Result<ProxyPr
     )
 }
 
-/// Why a request produced no guest response.
-#[derive(Debug)]
-pub enum GuestError {
-    /// The deadline passed before the guest set a response.
-    Timeout,
-    /// The guest trapped, or returned without setting a response.
-    Failed(wasmtime::Error),
-}
-
-pub struct Handler {
-    pre: ProxyPre<GuestState>,
-    grants: Arc<Grants>,
-    /// Short content hash of the handler file.
-    pub version: String,
-}
-
-impl Handler {
-    pub fn new(pre: ProxyPre<GuestState>, grants: Arc<Grants>, version: String) -> Self {
-        Self {
-            pre,
-            grants,
-            version,
-        }
-    }
-
-    fn store(&self, request_id: &Arc<str>) -> Result<Store<GuestState>> {
-        let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestLog::new("stdout", request_id.clone()))
-            .stderr(GuestLog::new("stderr", request_id.clone()))
-            .envs(&self.grants.env);
-        for d in &self.grants.dirs {
-            wasi.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("cannot open granted directory `{}`", d.host.display()))?;
-        }
-        let mut store = Store::new(
-            self.pre.engine(),
-            GuestState {
-                wasi: wasi.build(),
-                http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
-                hooks: Hooks,
-            },
-        );
-        // Yield to the worker's other requests at every epoch tick; the
-        // deadline itself is a tokio timeout around the whole call. tokio's
-        // `yield_now` (not a plain wake) lets the I/O driver run first, so a
-        // busy guest cannot starve the worker's sockets.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| {
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        });
-        Ok(store)
-    }
-
-    /// Runs one request in a fresh instance. The guest keeps running after
-    /// it has set the response, to stream the body, until `deadline`;
-    /// `on_done` runs when it has finished, whatever the outcome.
-    pub async fn handle<B>(
-        &self,
-        req: hyper::Request<B>,
-        body_limit: u64,
-        request_id: Arc<str>,
-        deadline: Instant,
-        on_done: impl FnOnce() + Send + 'static,
-    ) -> Result<hyper::Response<HyperOutgoingBody>, GuestError>
-    where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let mut store = self
-            .store(&request_id)
-            .map_err(|e| GuestError::Failed(wasmtime::Error::from_anyhow(e)))?;
-        let req =
-            req.map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (req, out) = {
-            let mut http = store.data_mut().http();
-            let req = http
-                .new_incoming_request(Scheme::Http, req)
-                .map_err(GuestError::Failed)?;
-            let out = http.new_response_outparam(tx).map_err(GuestError::Failed)?;
-            (req, out)
+/// Runs one request in a fresh instance of `pre`. The guest keeps running
+/// after it has set the response, to stream the body, until `deadline`;
+/// `on_done` runs when it has finished, whatever the outcome.
+pub async fn handle<B>(
+    pre: &ProxyPre<GuestState>,
+    wasi: WasiCtx,
+    req: hyper::Request<B>,
+    body_limit: u64,
+    deadline: Instant,
+    on_done: impl FnOnce() + Send + 'static,
+) -> Result<hyper::Response<HyperOutgoingBody>, GuestError>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut store = Store::new(
+        pre.engine(),
+        GuestState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: Hooks,
+        },
+    );
+    super::handler::yield_at_every_tick(&mut store);
+    let req = req.map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (req, out) = {
+        let mut http = store.data_mut().http();
+        let req = http
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(GuestError::Failed)?;
+        let out = http.new_response_outparam(tx).map_err(GuestError::Failed)?;
+        (req, out)
+    };
+    let pre = pre.clone();
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let task = tokio::spawn(async move {
+        let run = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
         };
-        let pre = self.pre.clone();
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let task = tokio::spawn(async move {
-            let run = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-            };
-            let result = match tokio::time::timeout_at(deadline, run).await {
-                Ok(r) => r.map_err(GuestError::Failed),
-                Err(_) => Err(GuestError::Timeout),
-            };
-            on_done();
-            result
-        });
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Ok(resp))) => Ok(resp),
-            Ok(Ok(Err(code))) => Err(GuestError::Failed(wasmtime::format_err!(
-                "guest answered with error {code:?}"
+        let result = match tokio::time::timeout_at(deadline, run).await {
+            Ok(r) => r.map_err(GuestError::Failed),
+            Err(_) => Err(GuestError::Timeout),
+        };
+        on_done();
+        result
+    });
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(Ok(resp))) => Ok(resp),
+        Ok(Ok(Err(code))) => Err(GuestError::Failed(wasmtime::format_err!(
+            "guest answered with error {code:?}"
+        ))),
+        // The outparam was dropped unset: the task's result says why.
+        Ok(Err(_)) => match task.await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(GuestError::Failed(wasmtime::format_err!(
+                "the handler returned without setting a response"
             ))),
-            // The outparam was dropped unset: the task's result says why.
-            Ok(Err(_)) => match task.await {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Err(GuestError::Failed(wasmtime::format_err!(
-                    "the handler returned without setting a response"
-                ))),
-                Err(e) => Err(GuestError::Failed(wasmtime::format_err!(
-                    "the request task failed: {e}"
-                ))),
-            },
-            Err(_) => {
-                task.abort();
-                Err(GuestError::Timeout)
-            }
-        }
-    }
-
-    /// The deploy smoke check: `GET path` must produce a whole response
-    /// (any status) without trapping or passing `timeout`.
-    pub async fn smoke_check(&self, path: &str, timeout: std::time::Duration) -> Result<u16> {
-        use http_body_util::BodyExt;
-        let req = hyper::Request::get(path)
-            .header(http::header::HOST, "localhost")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-        let deadline = Instant::now() + timeout;
-        let id: Arc<str> = "smoke".into();
-        let resp = match self.handle(req, 0, id, deadline, || {}).await {
-            Ok(resp) => resp,
-            Err(GuestError::Timeout) => {
-                anyhow::bail!("smoke check GET {path}: no response within {timeout:?}")
-            }
-            Err(GuestError::Failed(e)) => {
-                anyhow::bail!("smoke check GET {path} failed: {}", e.root_cause())
-            }
-        };
-        let status = resp.status().as_u16();
-        let body = tokio::time::timeout_at(
-            tokio::time::Instant::from_std(deadline),
-            resp.into_body().collect(),
-        );
-        match body.await {
-            Ok(Ok(_)) => Ok(status),
-            Ok(Err(e)) => anyhow::bail!("smoke check GET {path}: the response body failed: {e}"),
-            Err(_) => anyhow::bail!("smoke check GET {path}: body not finished within {timeout:?}"),
+            Err(e) => Err(GuestError::Failed(wasmtime::format_err!(
+                "the request task failed: {e}"
+            ))),
+        },
+        Err(_) => {
+            task.abort();
+            Err(GuestError::Timeout)
         }
     }
 }
 
 /// The request body with the size limit applied, its errors in the type
 /// wasi-http expects.
-struct LimitedBody<B>(http_body_util::Limited<B>);
+pub(super) struct LimitedBody<B>(pub http_body_util::Limited<B>);
 
 impl<B> hyper::body::Body for LimitedBody<B>
 where

@@ -2,6 +2,8 @@
 //! for the compile child and the workers), artifacts, and the handler ABIs.
 
 pub mod artifact;
+pub mod cgi;
 pub mod component;
 pub mod engine;
 pub mod guest_io;
+pub mod handler;

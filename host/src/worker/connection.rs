@@ -11,6 +11,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Semaphore;
 
 use super::service::{self, WorkerCtx};
+use crate::runtime::handler::ConnInfo;
 
 pub fn serve(
     ctx: &Arc<WorkerCtx>,
@@ -47,10 +48,17 @@ pub fn serve(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let svc_ctx = ctx.clone();
+    let info = ConnInfo {
+        peer: stream.peer_addr().ok(),
+        local: stream.local_addr().ok(),
+    };
     let conn = builder
         .serve_connection(
             TokioIo::new(stream),
-            service_fn(move |req| service::handle(svc_ctx.clone(), req)),
+            service_fn(move |mut req| {
+                req.extensions_mut().insert(info);
+                service::handle(svc_ctx.clone(), req)
+            }),
         )
         .into_owned();
     let conn = graceful.watch(conn);

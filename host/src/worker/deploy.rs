@@ -11,8 +11,7 @@ use wasmtime::Engine;
 use super::service::WorkerCtx;
 use crate::config::{Grants, SmokeCheck};
 use crate::ipc::{Channel, ToPrimary};
-use crate::runtime::artifact;
-use crate::runtime::component::Handler;
+use crate::runtime::handler::Handler;
 
 pub struct Deployer {
     pub engine: Engine,
@@ -23,8 +22,12 @@ pub struct Deployer {
 impl Deployer {
     /// Loads and checks a handler without putting it in service.
     pub async fn prepare(&self, artifact: &Path, version: &str) -> Result<Handler> {
-        let pre = artifact::load(&self.engine, artifact)?;
-        let handler = Handler::new(pre, self.grants.clone(), version.to_string());
+        let handler = Handler::load(
+            &self.engine,
+            artifact,
+            self.grants.clone(),
+            version.to_string(),
+        )?;
         handler
             .smoke_check(&self.smoke.path, self.smoke.timeout)
             .await?;

@@ -25,8 +25,8 @@ use tokio::sync::Semaphore;
 
 use crate::cli::WorkerArgs;
 use crate::ipc::{self, Channel, ToPrimary, ToWorker};
-use crate::runtime::component::Handler;
-use crate::runtime::{artifact, engine};
+use crate::runtime::engine;
+use crate::runtime::handler::Handler;
 use deploy::Deployer;
 use service::WorkerCtx;
 
@@ -63,8 +63,12 @@ async fn run(fd: OwnedFd) -> Result<()> {
     });
     // The first version was checked by the compile child; it only needs
     // loading (the primary smoke-checks versions that arrive later).
-    let first = artifact::load(&engine, &init.artifact)
-        .map(|pre| Handler::new(pre, deployer.grants.clone(), init.version.clone()));
+    let first = Handler::load(
+        &engine,
+        &init.artifact,
+        deployer.grants.clone(),
+        init.version.clone(),
+    );
     let handler = match first {
         Ok(h) => h,
         Err(e) => {

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::config::RequestLimits;
-use crate::runtime::component::{GuestError, Handler};
+use crate::runtime::handler::{GuestError, Handler};
 
 pub struct WorkerCtx {
     pub index: usize,
@@ -134,6 +134,13 @@ async fn respond(
                     "handler exceeded the request deadline of {:?}\n",
                     limits.timeout
                 ),
+            )
+        }
+        Err(GuestError::BadGateway(why)) => {
+            tracing::warn!(request = %request_id, "CGI handler gave no valid response: {why}");
+            error(
+                StatusCode::BAD_GATEWAY,
+                "handler gave no valid response\n".to_string(),
             )
         }
         Err(GuestError::Failed(e)) => {

@@ -55,11 +55,24 @@ fn garbage_after_the_magic() {
 }
 
 #[test]
-fn core_module_is_not_a_component() {
+fn core_module_without_start() {
     let path = file("core.wat", b"(module)");
     let err = serve_fails(&path, &[]);
     assert!(
-        err.contains("core.wat") && err.contains("core WebAssembly module"),
+        err.contains("core.wat") && err.contains("does not export `_start`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn core_module_importing_beyond_wasi() {
+    let path = file(
+        "env-import.wat",
+        br#"(module (import "env" "magic" (func)) (func (export "_start")))"#,
+    );
+    let err = serve_fails(&path, &[]);
+    assert!(
+        err.contains("env-import.wat") && err.contains("magic"),
         "{err}"
     );
 }

@@ -1,0 +1,437 @@
+//! CGI-style WASI command modules (the WAGI convention): the request's
+//! metadata in CGI/1.1 environment variables, its body on stdin; the module
+//! prints CGI headers, a blank line and the body to stdout, which is streamed
+//! to the client as it is written. This opens wcluster to every language
+//! that targets wasm32-wasi (preview 1): C, Zig, AssemblyScript, TinyGo, ...
+
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::oneshot;
+use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use super::handler::{ConnInfo, GuestError};
+
+/// The CGI header block may not be larger than this.
+const MAX_HEAD: usize = 64 * 1024;
+/// How much of stdin/stdout is buffered between the guest and the socket.
+const PIPE: usize = 64 * 1024;
+
+pub struct CgiState {
+    wasi: WasiP1Ctx,
+}
+
+pub fn linker(engine: &Engine) -> Result<Linker<CgiState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut CgiState| &mut s.wasi)?;
+    Ok(linker)
+}
+
+/// Checks that `module` is a CGI handler this host can run: a WASI command
+/// (exports `_start`) whose imports are all WASI preview 1.
+pub fn pre_instantiate(engine: &Engine, module: &Module) -> Result<InstancePre<CgiState>> {
+    ensure!(
+        matches!(module.get_export("_start"), Some(ExternType::Func(_))),
+        "the module does not export `_start` (expected a WASI command module, CGI style, \
+         or a wasi:http/proxy component)"
+    );
+    linker(engine)?
+        .instantiate_pre(module)
+        .map_err(anyhow::Error::from)
+        .context("the module imports something wcluster does not provide (only WASI preview 1)")
+}
+
+/// The CGI/1.1 meta-variables for a request (RFC 3875 section 4.1).
+pub fn cgi_env(parts: &http::request::Parts, conn: Option<ConnInfo>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
+        (
+            "SERVER_SOFTWARE".into(),
+            concat!("wcluster/", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        ("REQUEST_METHOD".into(), parts.method.to_string()),
+        ("SCRIPT_NAME".into(), String::new()),
+        ("PATH_INFO".into(), parts.uri.path().to_string()),
+        (
+            "QUERY_STRING".into(),
+            parts.uri.query().unwrap_or("").to_string(),
+        ),
+        ("SERVER_PROTOCOL".into(), format!("{:?}", parts.version)),
+    ];
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(parts.uri.host())
+        .unwrap_or("localhost");
+    let server_name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    env.push(("SERVER_NAME".into(), server_name.to_string()));
+    if let Some(local) = conn.and_then(|c| c.local) {
+        env.push(("SERVER_PORT".into(), local.port().to_string()));
+    }
+    if let Some(peer) = conn.and_then(|c| c.peer) {
+        env.push(("REMOTE_ADDR".into(), peer.ip().to_string()));
+        env.push(("REMOTE_PORT".into(), peer.port().to_string()));
+    }
+    for (name, value) in &parts.headers {
+        let Ok(value) = value.to_str() else { continue };
+        let var = match *name {
+            header::CONTENT_TYPE => "CONTENT_TYPE".to_string(),
+            header::CONTENT_LENGTH => "CONTENT_LENGTH".to_string(),
+            _ => format!(
+                "HTTP_{}",
+                name.as_str().to_ascii_uppercase().replace('-', "_")
+            ),
+        };
+        // Repeated headers join with ", " as one variable, as in HTTP.
+        match env.iter_mut().find(|(k, _)| *k == var) {
+            Some((_, v)) => {
+                v.push_str(", ");
+                v.push_str(value);
+            }
+            None => env.push((var, value.to_string())),
+        }
+    }
+    env
+}
+
+/// Finds the end of the CGI header block: the index after the blank line.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+        let line = &buf[start..start + nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return Some(start + nl + 1);
+        }
+        start += nl + 1;
+    }
+    None
+}
+
+/// Turns a CGI header block (without the blank line) into a status and
+/// response headers: `Status:` sets the status, `Location:` without it
+/// makes a 302, other valid headers pass through.
+pub fn parse_head(block: &[u8]) -> Result<(StatusCode, HeaderMap), String> {
+    let text = std::str::from_utf8(block).map_err(|_| "CGI headers are not UTF-8".to_string())?;
+    let mut status = None;
+    let mut headers = HeaderMap::new();
+    for line in text.lines() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("malformed CGI header line {line:?} (no colon)"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().unwrap_or("");
+            let code = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .filter(|c| (200..=599).contains(&c.as_u16()))
+                .ok_or_else(|| format!("bad CGI Status {value:?}"))?;
+            status = Some(code);
+            continue;
+        }
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("bad CGI header name {name:?}"))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| format!("bad value for CGI header {name}"))?;
+        // Framing is the server's business, not the script's.
+        if matches!(
+            name,
+            header::CONNECTION
+                | header::TRANSFER_ENCODING
+                | header::CONTENT_LENGTH
+                | header::UPGRADE
+        ) || name == "keep-alive"
+        {
+            continue;
+        }
+        headers.append(name, value);
+    }
+    let status = match status {
+        Some(s) => s,
+        None if headers.contains_key(header::LOCATION) => StatusCode::FOUND,
+        None => StatusCode::OK,
+    };
+    Ok((status, headers))
+}
+
+/// Runs one request: the module's `_start` with the request in its
+/// environment and stdin, its stdout parsed as a CGI response.
+pub async fn handle<B>(
+    pre: &InstancePre<CgiState>,
+    mut wasi: WasiCtxBuilder,
+    req: hyper::Request<B>,
+    body_limit: u64,
+    deadline: Instant,
+    on_done: impl FnOnce() + Send + 'static,
+) -> Result<hyper::Response<HyperOutgoingBody>, GuestError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let conn = parts.extensions.get::<ConnInfo>().copied();
+    let (stdin_host, stdin_guest) = tokio::io::duplex(PIPE);
+    let (stdout_guest, mut stdout_host) = tokio::io::duplex(PIPE);
+    wasi.envs(&cgi_env(&parts, conn))
+        .args(&["handler.wasm"])
+        .stdin(AsyncStdinStream::new(stdin_guest))
+        .stdout(AsyncStdoutStream::new(PIPE, stdout_guest));
+    let mut store = Store::new(
+        pre.module().engine(),
+        CgiState {
+            wasi: wasi.build_p1(),
+        },
+    );
+    super::handler::yield_at_every_tick(&mut store);
+    tokio::spawn(pump_body(body, body_limit, stdin_host));
+
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let (exit_tx, exit_rx) = oneshot::channel();
+    let pre = pre.clone();
+    let task = tokio::spawn(async move {
+        let run = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await
+        };
+        let result = match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(wasmtime_wasi::I32Exit(0)) => Ok(()),
+                Some(wasmtime_wasi::I32Exit(code)) => Err(format!("exited with status {code}")),
+                None => Err(format!("trapped: {}", e.root_cause())),
+            },
+            Err(_) => Err("ran past the request deadline".to_string()),
+        };
+        // Closing stdout ends the response body.
+        drop(store);
+        on_done();
+        exit_tx.send(result).ok();
+    });
+
+    let mut head = BytesMut::new();
+    let read_head = async {
+        loop {
+            if let Some(end) = head_end(&head) {
+                return Ok(end);
+            }
+            if head.len() > MAX_HEAD {
+                return Err(format!("CGI header block larger than {MAX_HEAD} bytes"));
+            }
+            match stdout_host.read_buf(&mut head).await {
+                Ok(0) => {
+                    return Err(
+                        "output ended before the blank line that ends the CGI headers".to_string(),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("reading output: {e}")),
+            }
+        }
+    };
+    let end = match tokio::time::timeout_at(deadline, read_head).await {
+        Ok(Ok(end)) => end,
+        Ok(Err(why)) => {
+            // The exit status, when there is one, says more than "no headers".
+            let why = match tokio::time::timeout_at(deadline, exit_rx).await {
+                Ok(Ok(Err(exit))) => exit,
+                _ => why,
+            };
+            task.abort();
+            return Err(GuestError::BadGateway(why));
+        }
+        Err(_) => {
+            task.abort();
+            return Err(GuestError::Timeout);
+        }
+    };
+    let rest = head.split_off(end);
+    let (status, headers) = match parse_head(&head[..end]) {
+        Ok(h) => h,
+        Err(why) => {
+            task.abort();
+            return Err(GuestError::BadGateway(why));
+        }
+    };
+    let body = StdoutBody {
+        first: (!rest.is_empty()).then(|| rest.freeze()),
+        reader: stdout_host,
+        buf: BytesMut::new(),
+        exit: Some(exit_rx),
+    };
+    let mut resp = hyper::Response::new(body.boxed_unsync());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// Copies the request body to the guest's stdin, up to the size limit; past
+/// it, stdin just ends (the declared-length case was refused with a 413).
+async fn pump_body<B>(body: B, limit: u64, mut stdin: DuplexStream)
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut body = http_body_util::Limited::new(body, limit as usize);
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return };
+        if let Ok(data) = frame.into_data()
+            && stdin.write_all(&data).await.is_err()
+        {
+            return; // the guest closed stdin: it has read what it wants
+        }
+    }
+}
+
+/// The response body: the guest's stdout after the headers, as it is
+/// written. A guest that fails after its headers ends the body with an
+/// error, so the client sees a truncated response, not a complete one.
+struct StdoutBody {
+    first: Option<Bytes>,
+    reader: DuplexStream,
+    buf: BytesMut,
+    exit: Option<oneshot::Receiver<Result<(), String>>>,
+}
+
+impl Body for StdoutBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        if this.buf.capacity() < 16 * 1024 {
+            this.buf.reserve(16 * 1024);
+        }
+        let n = match ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut this.reader),
+            cx,
+            &mut this.buf
+        )) {
+            Ok(n) => n,
+            Err(e) => {
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    e.to_string(),
+                )))));
+            }
+        };
+        if n > 0 {
+            return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+        }
+        let Some(exit) = this.exit.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = ready!(Pin::new(exit).poll(cx));
+        this.exit = None;
+        match result {
+            Ok(Ok(())) => Poll::Ready(None),
+            Ok(Err(why)) => {
+                tracing::warn!("CGI handler failed after its headers: {why}");
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    why,
+                )))))
+            }
+            Err(_) => Poll::Ready(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_ends_at_the_first_blank_line() {
+        assert_eq!(head_end(b"A: b\n\nbody"), Some(6));
+        assert_eq!(head_end(b"A: b\r\n\r\nbody"), Some(8));
+        assert_eq!(head_end(b"\nbody"), Some(1));
+        assert_eq!(head_end(b"A: b\n"), None);
+    }
+
+    #[test]
+    fn status_location_and_headers() {
+        let (s, h) =
+            parse_head(b"Status: 404 Not Found\nContent-Type: text/plain\nX-A: 1\n").unwrap();
+        assert_eq!(s, 404);
+        assert_eq!(h["content-type"], "text/plain");
+        assert_eq!(h["x-a"], "1");
+        let (s, h) = parse_head(b"Location: /elsewhere\r\n").unwrap();
+        assert_eq!(
+            (s, &h["location"]),
+            (StatusCode::FOUND, &HeaderValue::from_static("/elsewhere"))
+        );
+        let (s, _) = parse_head(b"Location: /x\nStatus: 301\n").unwrap();
+        assert_eq!(s, 301);
+        let (s, h) = parse_head(b"Content-Length: 5\nTransfer-Encoding: chunked\n").unwrap();
+        assert_eq!(s, 200);
+        assert!(h.is_empty(), "framing headers are the server's");
+    }
+
+    #[test]
+    fn malformed_heads_are_refused() {
+        assert!(
+            parse_head(b"no colon here\n")
+                .unwrap_err()
+                .contains("no colon")
+        );
+        assert!(parse_head(b"Status: abc\n").is_err());
+        assert!(parse_head(b"Status: 99\n").is_err());
+        assert!(parse_head(b"Bad Name: x\n").is_err());
+        assert!(parse_head(b"X: \x01\n").is_err());
+        assert!(parse_head(b"\xff\xfe: x\n").is_err());
+    }
+
+    #[test]
+    fn env_follows_cgi() {
+        let req = http::Request::post("/a/b?x=1&y=2")
+            .header("host", "example.com:8080")
+            .header("content-type", "text/plain")
+            .header("content-length", "5")
+            .header("x-thing", "one")
+            .header("x-thing", "two")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let conn = ConnInfo {
+            peer: Some("10.1.2.3:4444".parse().unwrap()),
+            local: Some("127.0.0.1:8080".parse().unwrap()),
+        };
+        let env: std::collections::HashMap<_, _> =
+            cgi_env(&parts, Some(conn)).into_iter().collect();
+        assert_eq!(env["REQUEST_METHOD"], "POST");
+        assert_eq!(env["PATH_INFO"], "/a/b");
+        assert_eq!(env["QUERY_STRING"], "x=1&y=2");
+        assert_eq!(env["CONTENT_TYPE"], "text/plain");
+        assert_eq!(env["CONTENT_LENGTH"], "5");
+        assert_eq!(env["SERVER_NAME"], "example.com");
+        assert_eq!(env["SERVER_PORT"], "8080");
+        assert_eq!(env["REMOTE_ADDR"], "10.1.2.3");
+        assert_eq!(env["HTTP_X_THING"], "one, two");
+        assert_eq!(env["GATEWAY_INTERFACE"], "CGI/1.1");
+        assert_eq!(env["SERVER_PROTOCOL"], "HTTP/1.1");
+        assert!(!env.contains_key("HTTP_CONTENT_TYPE"));
+    }
+}
