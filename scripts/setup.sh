@@ -3,7 +3,7 @@
 # Idempotent; the other scripts call it.
 set -euo pipefail
 
-for target in wasm32-wasip2; do
+for target in wasm32-wasip2 wasm32-wasip1; do
   if ! rustup target list --installed | grep -qx "$target"; then
     echo "setup: adding rustup target $target" >&2
     rustup target add "$target"

@@ -41,8 +41,9 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// The handler: a wasi:http/proxy component (.wasm).
-    pub handler: PathBuf,
+    /// The handler: a wasi:http/proxy component or a CGI-style WASI command
+    /// module (.wasm, or .wat text). Without it, a built-in hello handler.
+    pub handler: Option<PathBuf>,
 
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8080")]

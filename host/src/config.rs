@@ -90,7 +90,12 @@ pub struct SmokeCheck {
 
 impl Config {
     pub fn from_args(args: ServeArgs) -> Result<Self> {
-        let handler = args.handler;
+        let cache_dir = args.cache_dir.unwrap_or_else(default_cache_dir);
+        let builtin = args.handler.is_none();
+        let handler = match args.handler {
+            Some(h) => h,
+            None => write_builtin_handler(&cache_dir)?,
+        };
         ensure!(
             handler.is_file(),
             "handler `{}` does not exist or is not a file",
@@ -143,7 +148,7 @@ impl Config {
             handler,
             addr: args.addr,
             workers,
-            cache_dir: args.cache_dir.unwrap_or_else(default_cache_dir),
+            cache_dir,
             engine: EngineSettings {
                 max_memory: l.max_memory.as_u64(),
                 max_concurrent: l.max_concurrent,
@@ -168,9 +173,21 @@ impl Config {
                 timeout: args.smoke_timeout,
             },
             control: args.control,
-            watch: !args.no_watch,
+            watch: !args.no_watch && !builtin,
         })
     }
+}
+
+/// The handler `wcluster serve` runs when given none: examples/wat/hello.wat.
+const BUILTIN_HANDLER: &str = include_str!("../../examples/wat/hello.wat");
+
+fn write_builtin_handler(cache_dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("cannot create cache directory `{}`", cache_dir.display()))?;
+    let path = cache_dir.join("builtin-hello.wat");
+    std::fs::write(&path, BUILTIN_HANDLER)
+        .with_context(|| format!("cannot write `{}`", path.display()))?;
+    Ok(path)
 }
 
 fn default_cache_dir() -> PathBuf {

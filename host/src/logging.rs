@@ -6,7 +6,9 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::LogFormat;
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("WCLUSTER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // wasmtime-wasi wraps every guest syscall in a span: noise at info.
+    let filter = EnvFilter::try_from_env("WCLUSTER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,wasmtime_wasi=warn,wasmtime_wasi_http=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -44,8 +44,8 @@ fn kind(path: &Path, bytes: &[u8]) -> Result<Kind> {
             _ => bail!("`{name}` has an unknown WebAssembly version/layer"),
         };
     }
-    let text = std::str::from_utf8(&bytes[..bytes.len().min(4096)]).unwrap_or("");
-    let text = text.trim_start();
+    let text = std::str::from_utf8(&bytes[..bytes.len().min(64 * 1024)]).unwrap_or("");
+    let text = skip_wat_comments(text);
     if text.starts_with("(component") {
         Ok(Kind::Component)
     } else if text.starts_with("(module") {
@@ -55,6 +55,17 @@ fn kind(path: &Path, bytes: &[u8]) -> Result<Kind> {
             "`{name}` is not a WebAssembly file (expected a wasi:http/proxy component or a WASI \
              command module, in binary or text form: `\\0asm`, `(component` or `(module`)"
         )
+    }
+}
+
+/// The text after leading white space and `;;` line comments.
+fn skip_wat_comments(mut text: &str) -> &str {
+    loop {
+        text = text.trim_start();
+        match text.strip_prefix(";;") {
+            Some(rest) => text = rest.split_once('\n').map_or("", |(_, after)| after),
+            None => return text,
+        }
     }
 }
 
@@ -203,6 +214,10 @@ mod tests {
         assert_eq!(kind(p, b"\0asm\x01\0\0\0").unwrap(), Kind::CoreModule);
         assert_eq!(kind(p, b"\0asm\x0d\0\x01\0").unwrap(), Kind::Component);
         assert_eq!(kind(p, b"  (component)").unwrap(), Kind::Component);
+        assert_eq!(
+            kind(p, b";; hi\n  ;; there\n(module)").unwrap(),
+            Kind::CoreModule
+        );
         let err = kind(p, b"hello").unwrap_err().to_string();
         assert!(
             err.contains("x.wasm") && err.contains("not a WebAssembly file"),

@@ -20,6 +20,8 @@ pub struct Guests {
     pub v1: PathBuf,
     pub v2: PathBuf,
     pub trap: PathBuf,
+    /// tests/handlers/cgi: a WASI command module run CGI style.
+    pub cgi: PathBuf,
 }
 
 fn workspace() -> PathBuf {
@@ -73,6 +75,23 @@ pub fn guests() -> &'static Guests {
             hello: dir.join("hello.wasm"),
             testkit: dir.join("testkit.wasm"),
             echo: dir.join("echo.wasm"),
+            cgi: {
+                let status =
+                    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                        .current_dir(workspace())
+                        .args([
+                            "build",
+                            "--target",
+                            "wasm32-wasip1",
+                            "--release",
+                            "-p",
+                            "cgi-testkit",
+                        ])
+                        .status()
+                        .expect("run cargo to build the CGI handler");
+                assert!(status.success(), "building cgi-testkit failed");
+                target_dir().join("wasm32-wasip1/release/cgi-testkit.wasm")
+            },
             v1: versioned("v1"),
             v2: versioned("v2"),
             trap: versioned("trap"),

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `wcluster` binary, real HTTP, handlers built
 //! from source (tests/handlers, examples/).
 
+mod cgi;
 mod deploy;
 mod faults;
 mod harness;
