@@ -13,7 +13,7 @@ cargo build --release -p wcluster -q
 cargo build --release --target wasm32-wasip2 -p hello -q
 work=target/bench-reload
 rm -rf "$work" && mkdir -p "$work" bench/results
-bench/python-handler.sh "$work/python.wasm"
+scripts/python-example.sh "$work/python.wasm"
 
 # A second version of the same code: the file with a custom section
 # appended, so its hash (and version id) differs.

@@ -10,4 +10,5 @@ cargo clippy --target wasm32-wasip2 -p wcluster-guest -p hello -p testkit -p ech
 cargo clippy --target wasm32-wasip1 -p cgi-testkit -- -D warnings
 # One test at a time: several assert on timing (deadline + 1 s, a
 # replacement within 1 s) and the load tests would skew each other on 2 cores.
+cargo test --doc -p wcluster-guest
 cargo test -p wcluster -- --test-threads=1

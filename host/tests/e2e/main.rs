@@ -3,6 +3,7 @@
 
 mod cgi;
 mod deploy;
+mod examples;
 mod faults;
 mod harness;
 mod lifecycle;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds examples/python (a wasi:http component) with componentize-py from
-# PyPI, installed in a venv under target/. Usage: bench/python-handler.sh OUT.wasm
+# PyPI, installed in a venv under target/. Usage: scripts/python-example.sh OUT.wasm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/venv-componentize

@@ -1,0 +1,120 @@
+//! Every example handler, built from source by scripts/build-examples.sh
+//! (which installs the toolchains), served by the real binary: a GET and a
+//! POST with a body each.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::harness::*;
+
+fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap();
+        let out = root.join("target/examples");
+        let status = Command::new(root.join("scripts/build-examples.sh"))
+            .arg(&out)
+            .status()
+            .expect("run scripts/build-examples.sh");
+        assert!(status.success(), "building the examples failed");
+        out
+    });
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// Serves `file`, then checks a GET and a POST against what the example says.
+fn serves(file: &str, get_want: &str, post_want: &str) {
+    let server = Server::start(&example(file), &["--workers", "1"]);
+    let client = fresh_client();
+    let (status, body) = get(&client, &server.url("/hello?x=1")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(get_want), "GET: {body:?} lacks {get_want:?}");
+    let resp = client
+        .post(&server.url("/greet"))
+        .set("content-type", "application/json")
+        .send_string(r#"{"name":"wcluster","times":2}"#);
+    let (status, body) = match resp {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("POST: {e}"),
+    };
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(post_want),
+        "POST: {body:?} lacks {post_want:?}"
+    );
+}
+
+#[test]
+fn rust_hello() {
+    serves("rust-hello.wasm", "Hello, world!", "Hello, world!");
+}
+
+#[test]
+fn rust_json() {
+    let server = Server::start(&example("rust-json.wasm"), &["--workers", "1"]);
+    let client = fresh_client();
+    let (status, body) = get(&client, &server.url("/")).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""service":"rust-json""#), "{body}");
+    assert_eq!(get(&client, &server.url("/nowhere")).unwrap().0, 404);
+    let resp = client
+        .post(&server.url("/greet"))
+        .send_string(r#"{"name":"wcluster","times":2}"#)
+        .unwrap();
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    assert_eq!(
+        resp.into_string().unwrap(),
+        r#"{"message":"Hello, wcluster! Hello, wcluster!","length":33}"#
+    );
+    match client.post(&server.url("/greet")).send_string("not json") {
+        Err(ureq::Error::Status(400, r)) => assert!(r.into_string().unwrap().contains("error")),
+        other => panic!("expected 400, got {other:?}"),
+    }
+}
+
+#[test]
+fn python() {
+    serves(
+        "python.wasm",
+        "Hello from Python! path=/hello?x=1 body=0",
+        "Hello from Python! path=/greet body=29",
+    );
+}
+
+#[test]
+fn javascript() {
+    serves(
+        "javascript.wasm",
+        "Hello from JavaScript! GET /hello?x=1",
+        r#"Hello from JavaScript! POST /greet body={"name":"wcluster","times":2}"#,
+    );
+}
+
+#[test]
+fn c() {
+    serves(
+        "c.wasm",
+        "Hello from C! GET /hello?x=1",
+        "body: {\"name\":\"wcluster\",\"times\":2}\n29 bytes",
+    );
+}
+
+#[test]
+fn assemblyscript() {
+    serves(
+        "assemblyscript.wasm",
+        "Hello from AssemblyScript! GET /hello?x=1",
+        r#"body: {"name":"wcluster","times":2}"#,
+    );
+}
+
+#[test]
+fn wat() {
+    serves("wat.wat", "Hello from wcluster!", "Hello from wcluster!");
+}
