@@ -40,7 +40,7 @@ fn main() {
             let _ = write!(out, "Content-Type: text/plain\n\nfirst\n");
             let _ = out.flush();
             std::thread::sleep(Duration::from_millis(1500));
-            let _ = write!(out, "second\n");
+            let _ = writeln!(out, "second");
         }
         "/exit" => {
             eprintln!("cgi-testkit: giving up");
@@ -50,7 +50,7 @@ fn main() {
             let _ = write!(out, "this is not a header\n\nbody\n");
         }
         "/no-blank-line" => {
-            let _ = write!(out, "Content-Type: text/plain\n");
+            let _ = writeln!(out, "Content-Type: text/plain");
         }
         "/loop" => loop {
             std::hint::black_box(0u64);
