@@ -88,6 +88,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub control: Option<PathBuf>,
 
+    /// A worker silent this long (hung, or stopped) is killed and replaced.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub liveness_timeout: Duration,
+
     /// Do not watch the handler file for changes (reload with SIGHUP or `wcluster reload`).
     #[arg(long)]
     pub no_watch: bool,

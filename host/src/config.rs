@@ -64,6 +64,7 @@ pub struct Config {
     pub smoke: SmokeCheck,
     pub control: Option<PathBuf>,
     pub watch: bool,
+    pub liveness_timeout: Duration,
 }
 
 /// The first message a worker receives.
@@ -120,6 +121,10 @@ impl Config {
             "--max-connections must be more than 0"
         );
         ensure!(
+            args.liveness_timeout >= std::time::Duration::from_secs(2),
+            "--liveness-timeout must be at least 2s (workers report every second)"
+        );
+        ensure!(
             args.smoke_path.starts_with('/'),
             "--smoke-path must start with `/`, got `{}`",
             args.smoke_path
@@ -174,6 +179,7 @@ impl Config {
             },
             control: args.control,
             watch: !args.no_watch && !builtin,
+            liveness_timeout: args.liveness_timeout,
         })
     }
 }

@@ -44,6 +44,8 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Quiet time after the last file event before a deploy starts: a copy or
 /// an editor's save is several events.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How often the primary looks for hung workers.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
 pub fn main(config: Config) -> Result<()> {
     // One thread: see Supervisor::spawn for why that matters.
@@ -133,6 +135,7 @@ async fn run(config: Config) -> Result<()> {
     let mut deploys = Deploys::new(config.clone(), first, compiled_tx);
     let mut dispatch = Dispatcher::new();
     let mut debounce: Option<Instant> = None;
+    let mut liveness = tokio::time::interval(LIVENESS_CHECK);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -159,6 +162,7 @@ async fn run(config: Config) -> Result<()> {
                 ControlCommand::Reload => deploys.trigger(Some(reply)),
                 ControlCommand::Rollback => deploys.rollback(reply, &mut sup),
             },
+            _ = liveness.tick() => sup.kill_unresponsive(config.liveness_timeout),
             Some(sig) = signals.recv() => match sig {
                 SignalEvent::Shutdown => break,
                 SignalEvent::Reload => {
@@ -217,32 +221,35 @@ fn on_event(
             index,
             generation,
             msg,
-        } => match msg {
-            ToPrimary::Accepted { id } => dispatch.accepted(id),
-            ToPrimary::Ready { version } => {
-                if sup.mark_ready(index, generation, version) {
-                    deploys.on_ready(sup);
+        } => {
+            sup.seen(index, generation);
+            match msg {
+                ToPrimary::Accepted { id } => dispatch.accepted(id),
+                ToPrimary::Ready { version } => {
+                    if sup.mark_ready(index, generation, version) {
+                        deploys.on_ready(sup);
+                    }
                 }
+                ToPrimary::Failed { error } => {
+                    tracing::error!(worker = index, "worker could not load the handler: {error}");
+                    lost(sup, index, generation, "load failed");
+                }
+                ToPrimary::Loaded { version } => {
+                    sup.update(index, generation, |s| s.version = version);
+                    deploys.on_loaded(index, generation, sup);
+                }
+                ToPrimary::LoadFailed { error, .. } => {
+                    deploys.on_load_failed(index, generation, &error, sup);
+                }
+                ToPrimary::Stats {
+                    requests,
+                    in_flight,
+                } => sup.update(index, generation, |s| {
+                    s.requests = requests;
+                    s.in_flight = in_flight;
+                }),
             }
-            ToPrimary::Failed { error } => {
-                tracing::error!(worker = index, "worker could not load the handler: {error}");
-                lost(sup, index, generation, "load failed");
-            }
-            ToPrimary::Loaded { version } => {
-                sup.update(index, generation, |s| s.version = version);
-                deploys.on_loaded(index, generation, sup);
-            }
-            ToPrimary::LoadFailed { error, .. } => {
-                deploys.on_load_failed(index, generation, &error, sup);
-            }
-            ToPrimary::Stats {
-                requests,
-                in_flight,
-            } => sup.update(index, generation, |s| {
-                s.requests = requests;
-                s.in_flight = in_flight;
-            }),
-        },
+        }
         Event::ChannelClosed { index, generation } => {
             lost(sup, index, generation, "channel closed")
         }

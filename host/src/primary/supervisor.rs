@@ -61,6 +61,8 @@ pub struct Slot {
     pub alive: bool,
     chan: Option<Arc<Channel>>,
     started: Instant,
+    /// When the worker last said anything (it reports stats every second).
+    last_seen: Instant,
     failures: u32,
 }
 
@@ -97,6 +99,7 @@ impl Supervisor {
                 alive: false,
                 chan: None,
                 started: Instant::now(),
+                last_seen: Instant::now(),
                 failures: 0,
             })
             .collect();
@@ -173,6 +176,7 @@ impl Supervisor {
         slot.alive = true;
         slot.chan = Some(chan.clone());
         slot.started = Instant::now();
+        slot.last_seen = slot.started;
 
         let mut init = self.init.clone();
         init.index = index;
@@ -227,6 +231,36 @@ impl Supervisor {
         slot.requests = 0;
         slot.in_flight = 0;
         true
+    }
+
+    /// The worker in `index` spoke: it is alive.
+    pub fn seen(&mut self, index: usize, generation: u64) {
+        let slot = &mut self.slots[index];
+        if slot.generation == generation {
+            slot.last_seen = Instant::now();
+        }
+    }
+
+    /// Kills the workers that have said nothing for `timeout` (hung, or
+    /// stopped with SIGSTOP); their exit then takes them out of rotation and
+    /// brings a replacement, like any other death.
+    pub fn kill_unresponsive(&mut self, timeout: Duration) {
+        for (index, slot) in self.slots.iter().enumerate() {
+            let live = matches!(slot.state, WorkerState::Starting | WorkerState::Ready);
+            if !live || !slot.alive || slot.last_seen.elapsed() < timeout {
+                continue;
+            }
+            if let Some(pid) = slot.pid {
+                tracing::error!(
+                    worker = index,
+                    pid,
+                    "worker unresponsive for {:?} (--liveness-timeout): killing it",
+                    slot.last_seen.elapsed()
+                );
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).ok();
+            }
+        }
     }
 
     /// Records what a worker reported, if it is still the one in the slot.

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# wcluster against its peers, in ONE run on this machine, same load for all:
+#   wcluster            the Rust hello component (echo component for POST)
+#   wasmtime-serve      `wasmtime serve -S cli` on the same files (defaults)
+#   wasmtime-pooling    the same with its pooling allocator
+#   node-cluster        Node.js cluster + Express, one worker per core
+#   native-hyper        hyper hello/echo: the ceiling for the HTTP layer
+# Scenarios: keep-alive GET, one request per connection (Connection: close,
+# which exercises wcluster's hand-off), POST echo of 64 KiB.
+#
+# CPU split: the server gets core 1 (taskset -c 1, so every server runs one
+# worker), wrk gets core 0. Same connections and duration for every server.
+#
+#   bench/run.sh                 # DURATION=8 CONNS=32 by default
+# Prints a table (with each peer's ratio to wcluster) and writes
+# bench/results/run-*.json with the CPU model and date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-8}
+CONNS=${CONNS:-32}
+SERVER_CPU=${SERVER_CPU:-1}
+CLIENT_CPU=${CLIENT_CPU:-0}
+WASMTIME_VERSION=48.0.8
+tools=target/tools
+work=target/bench-run
+mkdir -p "$work" bench/results
+
+# --- install what it needs (cached after the first run) ---
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v node >/dev/null || need_apt+=(nodejs npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ "$("$tools/bin/wasmtime" --version 2>/dev/null | awk '{print $2}')" != "$WASMTIME_VERSION" ]; then
+  echo "bench: installing wasmtime-cli $WASMTIME_VERSION from crates.io (once; takes a while)" >&2
+  cargo install -q --locked wasmtime-cli --version "$WASMTIME_VERSION" --root "$tools"
+fi
+[ -d bench/node/node_modules/express ] || (cd bench/node && npm install --silent --no-audit --no-fund --no-package-lock)
+scripts/setup.sh
+cargo build --release -q -p wcluster -p native-hello
+cargo build --release -q --target wasm32-wasip2 -p hello -p echo
+hello=target/wasm32-wasip2/release/hello.wasm
+echo_wasm=target/wasm32-wasip2/release/echo.wasm
+printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 65536)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' >"$work/post.lua"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() { # url -> ms until the first 200
+  local start=$(date +%s%3N)
+  until [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = 200 ]; do
+    sleep 0.01
+    [ $(($(date +%s%3N) - start)) -lt 120000 ] || { echo "server at $1 never answered" >&2; return 1; }
+  done
+  echo $(($(date +%s%3N) - start))
+}
+
+start_server() { # name port kind(get|post) -> pid in $server_pid
+  local name=$1 port=$2 kind=$3 file=$hello
+  [ "$kind" = post ] && file=$echo_wasm
+  case $name in
+    wcluster) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
+    wasmtime-serve) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
+    wasmtime-pooling) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli -O pooling-allocator=y --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
+    node-cluster) taskset -c "$SERVER_CPU" node bench/node/server.js "$port" >"$work/$name.log" 2>&1 & ;;
+    native-hyper) taskset -c "$SERVER_CPU" target/release/native-hello "127.0.0.1:$port" >"$work/$name.log" 2>&1 & ;;
+  esac
+  server_pid=$!
+}
+
+stop_server() {
+  pkill -TERM -P "$server_pid" 2>/dev/null || true
+  kill -TERM "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+}
+
+rss_kb() { # total RSS of a process tree
+  local pids="$1 $(pgrep -P "$1" | tr '\n' ' ')" total=0
+  for p in $pids; do
+    total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo $total
+}
+
+run_wrk() { # url scenario -> "rps p50 p99 errors"
+  local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
+  case $2 in
+    close) args+=(-H "Connection: close") ;;
+    post) args+=(-s "$work/post.lua") ;;
+  esac
+  taskset -c "$CLIENT_CPU" wrk "${args[@]}" "$1" >"$work/wrk.out" 2>&1 || true
+  awk '
+    /Requests\/sec/ {rps=$2}
+    /^ +50%/ {p50=$2}
+    /^ +99%/ {p99=$2}
+    /Non-2xx/ {err+=$NF}
+    /Socket errors/ {gsub(",", ""); err+=$4+$6+$8+$10}
+    END {printf "%s %s %s %d\n", rps, p50, p99, err}
+  ' "$work/wrk.out"
+}
+
+servers=(wcluster wasmtime-serve wasmtime-pooling node-cluster native-hyper)
+scenarios=(keepalive close post)
+declare -A result cold rss_idle rss_load
+for s in "${servers[@]}"; do
+  for sc in "${scenarios[@]}"; do
+    kind=get; [ "$sc" = post ] && kind=post
+    port=$(free_port)
+    start_server "$s" "$port" "$kind"
+    ms=$(wait_http "http://127.0.0.1:$port/")
+    if [ "$sc" = keepalive ]; then
+      cold[$s]=$ms
+      rss_idle[$s]=$(rss_kb "$server_pid")
+      (sleep $((DURATION / 2)); rss_kb "$server_pid" >"$work/rss") &
+    fi
+    result[$s,$sc]=$(run_wrk "http://127.0.0.1:$port/" "$sc")
+    [ "$sc" = keepalive ] && { wait; rss_load[$s]=$(cat "$work/rss"); }
+    stop_server
+    echo "bench: $s $sc: ${result[$s,$sc]}" >&2
+  done
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+printf '\n%-17s %-10s %12s %10s %10s %7s %9s\n' server scenario req/s p50 p99 errors "vs wcluster"
+json_rows=()
+for sc in "${scenarios[@]}"; do
+  read -r base _ <<<"${result[wcluster,$sc]}"
+  for s in "${servers[@]}"; do
+    read -r rps p50 p99 err <<<"${result[$s,$sc]}"
+    printf '%-17s %-10s %12s %10s %10s %7s %9s\n' "$s" "$sc" "$rps" "$p50" "$p99" "$err" "$(ratio "$rps" "$base")"
+    json_rows+=("{\"server\":\"$s\",\"scenario\":\"$sc\",\"rps\":$rps,\"p50\":\"$p50\",\"p99\":\"$p99\",\"errors\":$err,\"ratio_to_wcluster\":$(ratio "$rps" "$base")}")
+  done
+done
+printf '\n%-17s %14s %14s %16s\n' server cold_start_ms rss_idle_kb rss_keepalive_kb
+extra=()
+for s in "${servers[@]}"; do
+  printf '%-17s %14s %14s %16s\n' "$s" "${cold[$s]}" "${rss_idle[$s]}" "${rss_load[$s]}"
+  extra+=("{\"server\":\"$s\",\"cold_start_ms\":${cold[$s]},\"rss_idle_kb\":${rss_idle[$s]},\"rss_keepalive_kb\":${rss_load[$s]}}")
+done
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
+file=bench/results/run-$(date +%Y%m%d-%H%M%S).json
+(IFS=,; echo "{\"date\":\"$(date -Iseconds)\",\"cpu\":\"$cpu\",\"setup\":\"server taskset -c $SERVER_CPU, wrk -t1 -c$CONNS -d${DURATION}s taskset -c $CLIENT_CPU\",\"results\":[${json_rows[*]}],\"process\":[${extra[*]}]}") >"$file"
+echo "written: $file"
