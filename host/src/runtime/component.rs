@@ -13,7 +13,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::handler::GuestError;
+use http_body_util::BodyExt;
+
+use super::handler::{GuardedBody, GuestError};
 
 pub struct GuestState {
     wasi: WasiCtx,
@@ -122,6 +124,7 @@ where
     };
     let pre = pre.clone();
     let deadline = tokio::time::Instant::from_std(deadline);
+    let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let run = async {
             let proxy = pre.instantiate_async(&mut store).await?;
@@ -135,10 +138,17 @@ where
             Err(_) => Err(GuestError::Timeout),
         };
         on_done();
+        let outcome = match &result {
+            Ok(()) => Ok(()),
+            Err(GuestError::Timeout) => Err("ran past the request deadline".to_string()),
+            Err(GuestError::Failed(e)) => Err(e.root_cause().to_string()),
+            Err(GuestError::BadGateway(why)) => Err(why.clone()),
+        };
+        outcome_tx.send(outcome).ok();
         result
     });
     match tokio::time::timeout_at(deadline, rx).await {
-        Ok(Ok(Ok(resp))) => Ok(resp),
+        Ok(Ok(Ok(resp))) => Ok(resp.map(|body| GuardedBody::new(body, outcome_rx).boxed_unsync())),
         Ok(Ok(Err(code))) => Err(GuestError::Failed(wasmtime::format_err!(
             "guest answered with error {code:?}"
         ))),

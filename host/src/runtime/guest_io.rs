@@ -13,6 +13,9 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
 /// A line longer than this is emitted in pieces rather than buffered forever.
 const MAX_LINE: usize = 16 * 1024;
+/// Lines one request may put in the log; the rest are counted and dropped,
+/// so a guest printing in a loop cannot flood the log or slow the worker.
+const MAX_LINES: u32 = 1000;
 
 #[derive(Clone)]
 pub struct GuestLog {
@@ -23,6 +26,8 @@ struct LineBuf {
     stream: &'static str,
     request: Arc<str>,
     buf: Vec<u8>,
+    lines: u32,
+    dropped: u64,
 }
 
 impl GuestLog {
@@ -32,6 +37,8 @@ impl GuestLog {
                 stream,
                 request,
                 buf: Vec::new(),
+                lines: 0,
+                dropped: 0,
             })),
         }
     }
@@ -51,7 +58,12 @@ impl GuestLog {
 }
 
 impl LineBuf {
-    fn emit(&self, line: &[u8]) {
+    fn emit(&mut self, line: &[u8]) {
+        if self.lines >= MAX_LINES {
+            self.dropped += 1;
+            return;
+        }
+        self.lines += 1;
         let text = String::from_utf8_lossy(line);
         tracing::info!(target: "guest", request = %self.request, stream = self.stream, "{}", text.trim_end_matches('\r'));
     }
@@ -62,6 +74,15 @@ impl Drop for LineBuf {
         if !self.buf.is_empty() {
             let line = std::mem::take(&mut self.buf);
             self.emit(&line);
+        }
+        if self.dropped > 0 {
+            tracing::warn!(
+                target: "guest",
+                request = %self.request,
+                stream = self.stream,
+                "{} more lines dropped (limit: {MAX_LINES} per request)",
+                self.dropped
+            );
         }
     }
 }

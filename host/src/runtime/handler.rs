@@ -155,6 +155,58 @@ impl Handler {
     }
 }
 
+/// A guest's response body, ended with an error instead of cleanly when the
+/// guest failed after sending its headers (a trap mid-body, the deadline):
+/// the client must see a truncated response, never a complete-looking one.
+pub struct GuardedBody {
+    inner: HyperOutgoingBody,
+    outcome: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+}
+
+impl GuardedBody {
+    pub fn new(
+        inner: HyperOutgoingBody,
+        outcome: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    ) -> Self {
+        Self {
+            inner,
+            outcome: Some(outcome),
+        }
+    }
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::{Poll, ready};
+        let this = self.get_mut();
+        match ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(frame) => Poll::Ready(Some(frame)),
+            None => {
+                let Some(outcome) = this.outcome.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let result = ready!(std::pin::Pin::new(outcome).poll(cx));
+                this.outcome = None;
+                match result {
+                    Ok(Err(why)) => {
+                        tracing::warn!("handler failed after its response started: {why}");
+                        Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                            why,
+                        )))))
+                    }
+                    _ => Poll::Ready(None),
+                }
+            }
+        }
+    }
+}
+
 /// Makes a busy guest yield to the worker's other requests at every epoch
 /// tick; the deadline itself is a tokio timeout around the whole call.
 /// tokio's `yield_now` (not a plain wake) lets the I/O driver run first, so

@@ -103,6 +103,15 @@ async fn respond(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     };
+    // One final `chunked` is the only transfer coding a request may carry
+    // here: anything else (duplicated, not final, unknown) is how request
+    // smuggling starts, so it is refused and the connection closed.
+    if let Some(te) = transfer_coding_problem(req.headers()) {
+        let mut resp = error(StatusCode::BAD_REQUEST, format!("{te}\n"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -154,6 +163,24 @@ async fn respond(
                 "handler failed\n".to_string(),
             )
         }
+    }
+}
+
+fn transfer_coding_problem(headers: &http::HeaderMap) -> Option<String> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(v) = value.to_str() else {
+            return Some("unreadable Transfer-Encoding".into());
+        };
+        codings.extend(v.split(',').map(|c| c.trim().to_ascii_lowercase()));
+    }
+    match codings.as_slice() {
+        [] => None,
+        [only] if only == "chunked" => None,
+        _ => Some(format!(
+            "unsupported Transfer-Encoding: {}",
+            codings.join(", ")
+        )),
     }
 }
 

@@ -6,6 +6,7 @@ mod deploy;
 mod examples;
 mod faults;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod serving;
 mod startup;

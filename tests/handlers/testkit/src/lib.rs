@@ -22,6 +22,12 @@ fn handle(req: Request) -> Response {
                 std::hint::black_box(&hoard);
             }
         }
+        // Unbounded recursion: a stack overflow, which wasmtime turns into a trap.
+        "/recurse" => text(format!("{}\n", recurse(std::hint::black_box(1)))),
+        // Prints without end: the host must bound what reaches its log.
+        "/flood" => loop {
+            println!("flooding the log");
+        },
         "/slow" => {
             let ms = param("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
             // Tests wait for this line to know the request is in flight.
@@ -50,6 +56,12 @@ fn handle(req: Request) -> Response {
         }
         _ => text("hello\n".into()),
     }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 64]);
+    recurse(frame[3] + 1) + frame[7]
 }
 
 fn text(body: String) -> Response {
