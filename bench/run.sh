@@ -114,9 +114,10 @@ for s in "${servers[@]}"; do
       cold[$s]=$ms
       rss_idle[$s]=$(rss_kb "$server_pid")
       (sleep $((DURATION / 2)); rss_kb "$server_pid" >"$work/rss") &
+      sampler=$!
     fi
     result[$s,$sc]=$(run_wrk "http://127.0.0.1:$port/" "$sc")
-    [ "$sc" = keepalive ] && { wait; rss_load[$s]=$(cat "$work/rss"); }
+    [ "$sc" = keepalive ] && { wait "$sampler"; rss_load[$s]=$(cat "$work/rss"); }
     stop_server
     echo "bench: $s $sc: ${result[$s,$sc]}" >&2
   done
