@@ -4,6 +4,11 @@
 //! [`IntoResponse`]; [`serve!`] exports it as a `wasi:http/incoming-handler`,
 //! so the same `.wasm` runs on wcluster, `wasmtime serve` and Spin.
 //!
+//! Bodies can be whole or streamed: a [`Request`] has its body read in full,
+//! `serve!(stream handler)` hands the handler a [`StreamRequest`] whose body
+//! is an [`std::io::Read`] instead, and a [`Streaming`] response writes its
+//! body as it is produced.
+//!
 //! ```no_run
 //! use wcluster_guest::{Request, Response};
 //!
@@ -32,46 +37,106 @@ use wasi::http::types::{
 
 /// A request with its whole body read.
 pub type Request = http::Request<Vec<u8>>;
+/// A request whose body is read as it arrives.
+pub type StreamRequest = http::Request<BodyReader>;
 /// A response with its whole body.
 pub type Response = http::Response<Vec<u8>>;
 
-/// What a handler may return.
-pub trait IntoResponse {
-    fn into_response(self) -> Response;
+/// The request body as a stream (`std::io::Read`).
+pub struct BodyReader {
+    // Declared before `_body`: the stream must be dropped first.
+    stream: wasi::io::streams::InputStream,
+    _body: wasi::http::types::IncomingBody,
 }
 
-impl IntoResponse for Response {
-    fn into_response(self) -> Response {
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Read::read(&mut self.stream, buf)
+    }
+}
+
+/// The function that writes a streamed body.
+type WriteBody = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()>>;
+
+/// A response whose body is written as it is produced (server-sent events,
+/// large exports): `Streaming::new(|out| writeln!(out, "line"))`.
+pub struct Streaming {
+    parts: http::response::Parts,
+    write: WriteBody,
+}
+
+impl Streaming {
+    /// A 200 response whose body `write` produces.
+    pub fn new(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()> + 'static) -> Self {
+        let (parts, ()) = http::Response::new(()).into_parts();
+        Self {
+            parts,
+            write: Box::new(write),
+        }
+    }
+
+    /// Sets the status.
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.parts.status = status;
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.parts.headers.append(name, value);
         self
     }
 }
 
+/// What a handler's return value becomes: a whole response or a stream.
+pub enum Reply {
+    Full(Response),
+    Stream(Streaming),
+}
+
+/// What a handler may return.
+pub trait IntoResponse {
+    fn into_reply(self) -> Reply;
+}
+
+impl IntoResponse for Response {
+    fn into_reply(self) -> Reply {
+        Reply::Full(self)
+    }
+}
+
+impl IntoResponse for Streaming {
+    fn into_reply(self) -> Reply {
+        Reply::Stream(self)
+    }
+}
+
 impl IntoResponse for String {
-    fn into_response(self) -> Response {
-        text(StatusCode::OK, self)
+    fn into_reply(self) -> Reply {
+        Reply::Full(text(StatusCode::OK, self))
     }
 }
 
 impl IntoResponse for &'static str {
-    fn into_response(self) -> Response {
-        text(StatusCode::OK, self.to_string())
+    fn into_reply(self) -> Reply {
+        Reply::Full(text(StatusCode::OK, self.to_string()))
     }
 }
 
 impl<B: Into<Vec<u8>>> IntoResponse for (StatusCode, B) {
-    fn into_response(self) -> Response {
+    fn into_reply(self) -> Reply {
         let mut resp = Response::new(self.1.into());
         *resp.status_mut() = self.0;
-        resp
+        Reply::Full(resp)
     }
 }
 
 /// An error becomes a 500 whose body is the error's message.
 impl<T: IntoResponse, E: Display> IntoResponse for Result<T, E> {
-    fn into_response(self) -> Response {
+    fn into_reply(self) -> Reply {
         match self {
-            Ok(t) => t.into_response(),
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            Ok(t) => t.into_reply(),
+            Err(e) => Reply::Full(text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))),
         }
     }
 }
@@ -85,7 +150,7 @@ fn text(status: StatusCode, body: String) -> Response {
 }
 
 /// The values of `name=value` pairs in a query string, undecoded.
-pub fn query_param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+pub fn query_param<'a, B>(req: &'a http::Request<B>, name: &str) -> Option<&'a str> {
     req.uri()
         .query()?
         .split('&')
@@ -95,17 +160,24 @@ pub fn query_param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 }
 
 /// Exports `handler` (a `fn(Request) -> impl IntoResponse`) as the
-/// component's `wasi:http/incoming-handler`.
+/// component's `wasi:http/incoming-handler`; `serve!(stream handler)` takes
+/// a `fn(StreamRequest) -> impl IntoResponse` instead.
 #[macro_export]
 macro_rules! serve {
+    (stream $handler:path) => {
+        $crate::serve!(@export __run_stream, $handler);
+    };
     ($handler:path) => {
+        $crate::serve!(@export __run, $handler);
+    };
+    (@export $run:ident, $handler:path) => {
         struct __WclusterHandler;
         impl $crate::wasi::exports::http::incoming_handler::Guest for __WclusterHandler {
             fn handle(
                 req: $crate::wasi::http::types::IncomingRequest,
                 out: $crate::wasi::http::types::ResponseOutparam,
             ) {
-                $crate::__run(req, out, |r| $crate::IntoResponse::into_response($handler(r)));
+                $crate::$run(req, out, |r| $crate::IntoResponse::into_reply($handler(r)));
             }
         }
         $crate::wasi::http::proxy::export!(__WclusterHandler with_types_in $crate::wasi);
@@ -113,22 +185,27 @@ macro_rules! serve {
 }
 
 #[doc(hidden)]
-pub fn __run(
-    req: IncomingRequest,
-    out: ResponseOutparam,
-    handler: impl FnOnce(Request) -> Response,
-) {
-    let resp = match read_request(req) {
-        Ok(req) => handler(req),
-        Err(e) => text(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the request: {e}\n"),
-        ),
-    };
-    write_response(resp, out);
+pub fn __run(req: IncomingRequest, out: ResponseOutparam, handler: impl FnOnce(Request) -> Reply) {
+    let whole = request_head(req).and_then(|(builder, mut reader)| {
+        let mut body = Vec::new();
+        reader.read_to_end(&mut body).map_err(|e| e.to_string())?;
+        builder.body(body).map_err(|e| e.to_string())
+    });
+    write_reply(whole.map(handler), out);
 }
 
-fn read_request(req: IncomingRequest) -> Result<Request, String> {
+#[doc(hidden)]
+pub fn __run_stream(
+    req: IncomingRequest,
+    out: ResponseOutparam,
+    handler: impl FnOnce(StreamRequest) -> Reply,
+) {
+    let streaming = request_head(req)
+        .and_then(|(builder, reader)| builder.body(reader).map_err(|e| e.to_string()));
+    write_reply(streaming.map(handler), out);
+}
+
+fn request_head(req: IncomingRequest) -> Result<(http::request::Builder, BodyReader), String> {
     let method = match req.method() {
         WasiMethod::Get => http::Method::GET,
         WasiMethod::Head => http::Method::HEAD,
@@ -155,21 +232,35 @@ fn read_request(req: IncomingRequest) -> Result<Request, String> {
     for (name, value) in req.headers().entries() {
         builder = builder.header(name, value);
     }
-    let mut body = Vec::new();
     let incoming = req
         .consume()
         .map_err(|()| "body already taken".to_string())?;
-    {
-        let mut stream = incoming
-            .stream()
-            .map_err(|()| "body stream unavailable".to_string())?;
-        stream.read_to_end(&mut body).map_err(|e| e.to_string())?;
-    }
-    builder.body(body).map_err(|e| e.to_string())
+    let stream = incoming
+        .stream()
+        .map_err(|()| "body stream unavailable".to_string())?;
+    Ok((
+        builder,
+        BodyReader {
+            stream,
+            _body: incoming,
+        },
+    ))
 }
 
-fn write_response(resp: Response, out: ResponseOutparam) {
-    let (parts, body) = resp.into_parts();
+fn write_reply(reply: Result<Reply, String>, out: ResponseOutparam) {
+    let reply = reply.unwrap_or_else(|e| {
+        Reply::Full(text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request: {e}\n"),
+        ))
+    });
+    let (parts, write): (_, WriteBody) = match reply {
+        Reply::Full(resp) => {
+            let (parts, body) = resp.into_parts();
+            (parts, Box::new(move |w: &mut dyn Write| w.write_all(&body)))
+        }
+        Reply::Stream(s) => (s.parts, s.write),
+    };
     let headers = Fields::new();
     for (name, value) in &parts.headers {
         // A header the host refuses (e.g. `connection`) is left out rather
@@ -183,9 +274,8 @@ fn write_response(resp: Response, out: ResponseOutparam) {
     };
     ResponseOutparam::set(out, Ok(outgoing));
     if let Ok(mut stream) = out_body.write() {
-        // `write_all` on the wasi stream respects its backpressure.
-        if stream
-            .write_all(&body)
+        // Writes on the wasi stream respect its backpressure.
+        if write(&mut stream)
             .and_then(|()| Write::flush(&mut stream))
             .is_err()
         {

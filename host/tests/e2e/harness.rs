@@ -15,6 +15,8 @@ pub struct Guests {
     pub hello: PathBuf,
     pub testkit: PathBuf,
     pub echo: PathBuf,
+    /// tests/handlers/streaming: the guest SDK's streamed bodies.
+    pub streaming: PathBuf,
     /// tests/handlers/versioned built as "v1", "v2", and "trap" (traps on
     /// every request, so it fails the deploy smoke check).
     pub v1: PathBuf,
@@ -45,7 +47,16 @@ pub fn guests() -> &'static Guests {
         let status = Command::new(cargo)
             .current_dir(workspace())
             .args(["build", "--target", "wasm32-wasip2", "--release"])
-            .args(["-p", "hello", "-p", "testkit", "-p", "echo"])
+            .args([
+                "-p",
+                "hello",
+                "-p",
+                "testkit",
+                "-p",
+                "echo",
+                "-p",
+                "streaming",
+            ])
             .status()
             .expect("run cargo to build the test handlers");
         assert!(status.success(), "building the test handlers failed");
@@ -75,6 +86,7 @@ pub fn guests() -> &'static Guests {
             hello: dir.join("hello.wasm"),
             testkit: dir.join("testkit.wasm"),
             echo: dir.join("echo.wasm"),
+            streaming: dir.join("streaming.wasm"),
             cgi: {
                 let status =
                     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

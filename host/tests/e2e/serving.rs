@@ -182,3 +182,21 @@ fn guest_output_reaches_the_log_with_its_request_id() {
     assert_eq!(line["fields"]["status"], 200);
     assert!(line["fields"]["duration_ms"].is_string() || line["fields"]["duration_ms"].is_number());
 }
+
+#[test]
+fn sdk_streams_request_and_response_bodies() {
+    let server = Server::start(&guests().streaming, &["--workers", "1"]);
+    let client = keepalive_client();
+    let (status, body) = get(&client, &server.url("/?n=4")).unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "line 1\nline 2\nline 3\nline 4\n")
+    );
+    let data: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sum = data.iter().fold(0u64, |s, &b| s + b as u64);
+    let resp = client.post(&server.url("/")).send_bytes(&data).unwrap();
+    assert_eq!(
+        resp.into_string().unwrap(),
+        format!("bytes={} sum={sum}\n", data.len())
+    );
+}
