@@ -88,6 +88,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub control: Option<PathBuf>,
 
+    /// Let one component instance serve up to N requests (0: a fresh
+    /// instance per request). Faster, but requests can see state earlier
+    /// ones left in the instance: only for handlers that are safe to reuse.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub reuse_instances: u32,
+
     /// A worker silent this long (hung, or stopped) is killed and replaced.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub liveness_timeout: Duration,

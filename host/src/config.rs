@@ -65,6 +65,7 @@ pub struct Config {
     pub control: Option<PathBuf>,
     pub watch: bool,
     pub liveness_timeout: Duration,
+    pub reuse_instances: u32,
 }
 
 /// The first message a worker receives.
@@ -79,6 +80,8 @@ pub struct WorkerInit {
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     pub smoke: SmokeCheck,
+    /// 0: a fresh instance per request; N: an instance serves up to N.
+    pub reuse_instances: u32,
 }
 
 /// The request every new version must answer before it goes live.
@@ -180,6 +183,7 @@ impl Config {
             control: args.control,
             watch: !args.no_watch && !builtin,
             liveness_timeout: args.liveness_timeout,
+            reuse_instances: args.reuse_instances,
         })
     }
 }

@@ -25,14 +25,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => {
-            logging::init(args.log_format);
+            let _log = logging::init(args.log_format);
             config::Config::from_args(args).and_then(primary::main)
         }
         Command::Status(args) => primary::control_client(primary::ControlCommand::Status, args),
         Command::Reload(args) => primary::control_client(primary::ControlCommand::Reload, args),
         Command::Rollback(args) => primary::control_client(primary::ControlCommand::Rollback, args),
         Command::Worker(args) => {
-            logging::init(args.log_format);
+            let _log = logging::init(args.log_format);
             worker::main(args)
         }
         // The compile child reports errors on stderr, as plain text, for

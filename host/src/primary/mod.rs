@@ -96,6 +96,7 @@ async fn run(config: Config) -> Result<()> {
         grants: config.grants.clone(),
         drain_timeout: config.drain_timeout,
         smoke: config.smoke.clone(),
+        reuse_instances: config.reuse_instances,
     };
     let mut sup = Supervisor::new(config.workers, init, config.log_format, tx);
     for i in 0..sup.len() {

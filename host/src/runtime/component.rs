@@ -87,12 +87,54 @@ pub fn pre_instantiate(engine: &Engine, component: &Component) -> Result<ProxyPr
     )
 }
 
-/// Runs one request in a fresh instance of `pre`. The guest keeps running
+/// Opt-in instance reuse (`--reuse-instances N`): an instance serves up to
+/// N requests before it is dropped. Trades isolation for speed: state a
+/// guest keeps in globals or memory is seen by the requests after it. An
+/// instance that trapped is never reused.
+pub struct InstancePool {
+    idle: std::sync::Mutex<Vec<Idle>>,
+    max_uses: u32,
+    max_idle: usize,
+}
+
+struct Idle {
+    store: Store<GuestState>,
+    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    uses: u32,
+}
+
+impl InstancePool {
+    pub fn new(max_uses: u32, max_idle: usize) -> Self {
+        Self {
+            idle: std::sync::Mutex::new(Vec::new()),
+            max_uses,
+            max_idle,
+        }
+    }
+
+    fn take(&self) -> Option<Idle> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn give_back(&self, idle: Idle) {
+        if idle.uses >= self.max_uses {
+            return;
+        }
+        let mut pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < self.max_idle {
+            pool.push(idle);
+        }
+    }
+}
+
+/// Runs one request in a fresh instance of `pre` (or, with a pool, in an
+/// instance that served earlier requests). The guest keeps running
 /// after it has set the response, to stream the body, until `deadline`;
 /// `on_done` runs when it has finished, whatever the outcome.
 pub async fn handle<B>(
     pre: &ProxyPre<GuestState>,
-    wasi: WasiCtx,
+    pool: Option<&std::sync::Arc<InstancePool>>,
+    wasi: impl FnOnce() -> WasiCtx,
     req: hyper::Request<B>,
     body_limit: u64,
     deadline: Instant,
@@ -102,16 +144,25 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut store = Store::new(
-        pre.engine(),
-        GuestState {
-            wasi,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            hooks: Hooks,
-        },
-    );
-    super::handler::yield_at_every_tick(&mut store);
+    let reused = pool.and_then(|p| p.take());
+    let (mut store, proxy, uses) = match reused {
+        Some(idle) => (idle.store, Some(idle.proxy), idle.uses),
+        None => {
+            let mut store = Store::new(
+                pre.engine(),
+                GuestState {
+                    wasi: wasi(),
+                    http: WasiHttpCtx::new(),
+                    table: ResourceTable::new(),
+                    hooks: Hooks,
+                },
+            );
+            super::handler::yield_at_every_tick(&mut store);
+            (store, None, 0)
+        }
+    };
+    store.set_epoch_deadline(1);
+    let pool = pool.cloned();
     let req = req.map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (req, out) = {
@@ -127,14 +178,25 @@ where
     let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let run = async {
-            let proxy = pre.instantiate_async(&mut store).await?;
+            let proxy = match proxy {
+                Some(p) => p,
+                None => pre.instantiate_async(&mut store).await?,
+            };
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
-                .await
+                .await?;
+            Ok::<_, wasmtime::Error>(proxy)
         };
         let result = match tokio::time::timeout_at(deadline, run).await {
-            Ok(r) => r.map_err(GuestError::Failed),
+            Ok(Ok(proxy)) => {
+                if let Some(pool) = &pool {
+                    let uses = uses + 1;
+                    pool.give_back(Idle { store, proxy, uses });
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => Err(GuestError::Failed(e)),
             Err(_) => Err(GuestError::Timeout),
         };
         on_done();

@@ -29,7 +29,7 @@ pub enum GuestError {
 }
 
 enum Guest {
-    Component(ProxyPre<GuestState>),
+    Component(ProxyPre<GuestState>, Option<Arc<component::InstancePool>>),
     Cgi(InstancePre<CgiState>),
 }
 
@@ -53,6 +53,7 @@ impl Handler {
         engine: &Engine,
         path: &std::path::Path,
         grants: Arc<Grants>,
+        reuse: u32,
         version: String,
     ) -> Result<Self> {
         let name = path.display();
@@ -65,7 +66,9 @@ impl Handler {
                 let c = unsafe { Component::deserialize_file(engine, path) }
                     .map_err(anyhow::Error::from)
                     .with_context(|| format!("cannot load artifact `{name}`"))?;
-                Guest::Component(component::pre_instantiate(engine, &c)?)
+                // Idle instances kept: enough for a busy worker's concurrency.
+                let pool = (reuse > 0).then(|| Arc::new(component::InstancePool::new(reuse, 64)));
+                Guest::Component(component::pre_instantiate(engine, &c)?, pool)
             }
             Some(Precompiled::Module) => {
                 // SAFETY: as above; the artifact is ours and for this engine.
@@ -112,15 +115,27 @@ impl Handler {
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let wasi = self
-            .wasi(&request_id)
-            .map_err(|e| GuestError::Failed(wasmtime::Error::from_anyhow(e)))?;
+        let wasi = || {
+            self.wasi(&request_id)
+                .map_err(|e| GuestError::Failed(wasmtime::Error::from_anyhow(e)))
+        };
         match &self.guest {
-            Guest::Component(pre) => {
-                let mut wasi = wasi;
-                component::handle(pre, wasi.build(), req, body_limit, deadline, on_done).await
+            // A reused instance keeps the context it was created with, so a
+            // context is only built when an instance is.
+            Guest::Component(pre, Some(pool)) => {
+                let make = || {
+                    wasi()
+                        .map(|mut w| w.build())
+                        .unwrap_or_else(|_| WasiCtxBuilder::new().build())
+                };
+                component::handle(pre, Some(pool), make, req, body_limit, deadline, on_done).await
             }
-            Guest::Cgi(pre) => cgi::handle(pre, wasi, req, body_limit, deadline, on_done).await,
+            Guest::Component(pre, None) => {
+                let mut ctx = wasi()?;
+                let make = move || ctx.build();
+                component::handle(pre, None, make, req, body_limit, deadline, on_done).await
+            }
+            Guest::Cgi(pre) => cgi::handle(pre, wasi()?, req, body_limit, deadline, on_done).await,
         }
     }
 

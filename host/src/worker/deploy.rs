@@ -17,6 +17,7 @@ pub struct Deployer {
     pub engine: Engine,
     pub grants: Arc<Grants>,
     pub smoke: SmokeCheck,
+    pub reuse: u32,
 }
 
 impl Deployer {
@@ -26,6 +27,7 @@ impl Deployer {
             &self.engine,
             artifact,
             self.grants.clone(),
+            self.reuse,
             version.to_string(),
         )?;
         handler

@@ -60,6 +60,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
         engine: engine.clone(),
         grants: Arc::new(init.grants.clone()),
         smoke: init.smoke.clone(),
+        reuse: init.reuse_instances,
     });
     // The first version was checked by the compile child; it only needs
     // loading (the primary smoke-checks versions that arrive later).
@@ -67,6 +68,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
         &engine,
         &init.artifact,
         deployer.grants.clone(),
+        init.reuse_instances,
         init.version.clone(),
     );
     let handler = match first {

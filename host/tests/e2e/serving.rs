@@ -200,3 +200,30 @@ fn sdk_streams_request_and_response_bodies() {
         format!("bytes={} sum={sum}\n", data.len())
     );
 }
+
+#[test]
+fn instances_are_fresh_unless_reuse_is_asked_for() {
+    let client = keepalive_client();
+    let fresh = Server::start(&guests().testkit, &["--workers", "1"]);
+    for _ in 0..5 {
+        assert_eq!(
+            get(&client, &fresh.url("/counter")).unwrap(),
+            (200, "1\n".into())
+        );
+    }
+    drop(fresh);
+    let reuse = Server::start(
+        &guests().testkit,
+        &["--workers", "1", "--reuse-instances", "3"],
+    );
+    let counts: Vec<String> = (0..6)
+        .map(|_| get(&client, &reuse.url("/counter")).unwrap().1)
+        .collect();
+    // One instance serves three requests, then a new one starts over.
+    assert_eq!(counts, ["1\n", "2\n", "3\n", "1\n", "2\n", "3\n"]);
+    // An instance that trapped is not used again: this one counted to 1,
+    // then trapped; the next request starts over in a new one.
+    assert_eq!(get(&client, &reuse.url("/counter")).unwrap().1, "1\n");
+    assert_eq!(get(&client, &reuse.url("/trap")).unwrap().0, 500);
+    assert_eq!(get(&client, &reuse.url("/counter")).unwrap().1, "1\n");
+}

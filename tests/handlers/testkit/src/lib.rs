@@ -28,6 +28,13 @@ fn handle(req: Request) -> Response {
         "/flood" => loop {
             println!("flooding the log");
         },
+        // State kept in the instance: always 1 with a fresh instance per
+        // request, counting up when instances are reused.
+        "/counter" => {
+            static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            text(format!("{n}\n"))
+        }
         "/slow" => {
             let ms = param("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
             // Tests wait for this line to know the request is in flight.
