@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # wcluster against its peers, in ONE run on this machine, same load for all:
 #   wcluster            the Rust hello component (echo component for POST)
+#   wcluster-reuse      the same with --reuse-instances 1000 (opt-in reuse)
 #   wasmtime-serve      `wasmtime serve -S cli` on the same files (defaults)
 #   wasmtime-pooling    the same with its pooling allocator
 #   node-cluster        Node.js cluster + Express, one worker per core
@@ -62,6 +63,8 @@ start_server() { # name port kind(get|post) -> pid in $server_pid
   case $name in
     wcluster) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
+    wcluster-reuse) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 1000 >"$work/$name.log" 2>&1 & ;;
     wasmtime-serve) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
     wasmtime-pooling) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli -O pooling-allocator=y --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
     node-cluster) taskset -c "$SERVER_CPU" node bench/node/server.js "$port" >"$work/$name.log" 2>&1 & ;;
@@ -101,7 +104,7 @@ run_wrk() { # url scenario -> "rps p50 p99 errors"
   ' "$work/wrk.out"
 }
 
-servers=(wcluster wasmtime-serve wasmtime-pooling node-cluster native-hyper)
+servers=(wcluster wcluster-reuse wasmtime-serve wasmtime-pooling node-cluster native-hyper)
 scenarios=(keepalive close post)
 declare -A result cold rss_idle rss_load
 for s in "${servers[@]}"; do
