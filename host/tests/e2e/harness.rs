@@ -431,6 +431,18 @@ impl Traffic {
         }
     }
 
+    /// Stops the clients, asserts that none failed; responses accepted.
+    pub fn finish_clean(self) -> usize {
+        let (ok, errors) = self.finish();
+        assert!(
+            errors.is_empty(),
+            "{} failed requests, e.g. {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        ok
+    }
+
     /// Stops the clients; (responses accepted, errors).
     pub fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
