@@ -5,42 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use serde::{Deserialize, Serialize};
-
 use crate::cli::{LogFormat, ServeArgs};
-
-/// What the engine is built from; identical in the compile child and in every
-/// worker so that artifacts are compatible.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct EngineSettings {
-    pub max_memory: u64,
-    pub max_concurrent: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RequestLimits {
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    pub max_body: u64,
-    #[serde(with = "humantime_serde")]
-    pub header_timeout: Duration,
-    pub max_connections: usize,
-    pub max_concurrent: u32,
-}
-
-/// Capabilities granted to the guest; empty by default.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Grants {
-    pub env: Vec<(String, String)>,
-    pub dirs: Vec<DirGrant>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DirGrant {
-    pub host: PathBuf,
-    pub guest: String,
-}
+pub use crate::ipc::messages::{
+    DirGrant, EngineSettings, Grants, RequestLimits, SmokeCheck, WorkerInit,
+};
+use anyhow::{Context, Result, bail, ensure};
 
 #[derive(Debug, Clone)]
 pub struct CompileLimits {
@@ -66,30 +35,6 @@ pub struct Config {
     pub watch: bool,
     pub liveness_timeout: Duration,
     pub reuse_instances: u32,
-}
-
-/// The first message a worker receives.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerInit {
-    pub index: usize,
-    pub artifact: PathBuf,
-    pub version: String,
-    pub engine: EngineSettings,
-    pub limits: RequestLimits,
-    pub grants: Grants,
-    #[serde(with = "humantime_serde")]
-    pub drain_timeout: Duration,
-    pub smoke: SmokeCheck,
-    /// 0: a fresh instance per request; N: an instance serves up to N.
-    pub reuse_instances: u32,
-}
-
-/// The request every new version must answer before it goes live.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SmokeCheck {
-    pub path: String,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
 }
 
 impl Config {

@@ -3,6 +3,7 @@
 
 pub mod artifact;
 pub mod cgi;
+pub mod cgi_head;
 pub mod component;
 pub mod engine;
 pub mod guest_io;

@@ -1,55 +1,26 @@
 //! The primary <-> worker channel: one SOCK_SEQPACKET socketpair per worker,
 //! small JSON messages, and connection fds riding along as SCM_RIGHTS.
 //!
-//! This module holds all of wcluster's `unsafe`: the two places where a raw fd
-//! number becomes an `OwnedFd`.
+//! This module holds wcluster's fd-handling `unsafe`: the places where a raw
+//! fd number becomes an `OwnedFd`. The messages themselves are in
+//! messages.rs, free of syscalls, so they can be fuzzed on their own.
+
+pub mod messages;
+
+pub use messages::{ToPrimary, ToWorker};
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
     sendmsg, socketpair,
 };
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-
-use crate::config::WorkerInit;
-
-/// Messages the primary sends to a worker.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ToWorker {
-    /// Everything the worker needs to load the handler; always the first message.
-    Init(Box<WorkerInit>),
-    /// A client connection; its fd rides along. Acknowledge with `Accepted`.
-    Conn { id: u64 },
-    /// Load this artifact, smoke-check it and swap it in; answer `Loaded`
-    /// or `LoadFailed`. Requests in flight finish on the old version.
-    Load { artifact: PathBuf, version: String },
-    /// Stop taking connections, finish what is in flight, exit.
-    Drain,
-}
-
-/// Messages a worker sends to the primary.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ToPrimary {
-    /// The handler is loaded and pre-instantiated; send connections.
-    Ready { version: String },
-    /// The worker owns connection `id` now; the primary may close its copy.
-    Accepted { id: u64 },
-    /// Loading failed; the worker exits after sending this.
-    Failed { error: String },
-    /// `version` passed its smoke check and serves new requests now.
-    Loaded { version: String },
-    /// `version` was refused; the worker goes on with what it had.
-    LoadFailed { version: String, error: String },
-    /// Sent every second: requests served so far, and in flight now.
-    Stats { requests: u64, in_flight: u32 },
-}
 
 /// Upper bound of one message; `Init` is the largest and stays far below it.
 const MAX_MESSAGE: usize = 256 * 1024;
@@ -185,8 +156,7 @@ impl Channel {
         if len == 0 && fd.is_none() {
             return Ok(None);
         }
-        let msg = serde_json::from_slice(&buf[..len])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let msg = messages::decode(&buf[..len])?;
         Ok(Some((msg, fd)))
     }
 }

@@ -1,0 +1,24 @@
+//! Any bytes on the channel: decoding never panics, and what decodes
+//! re-encodes to something that decodes to the same message.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../host/src/ipc/messages.rs"]
+#[allow(dead_code)]
+mod messages;
+
+use messages::{ToPrimary, ToWorker, decode};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(msg) = decode::<ToWorker>(data) {
+        let again = serde_json::to_vec(&msg).expect("a decoded message encodes");
+        let back: ToWorker = decode(&again).expect("an encoded message decodes");
+        assert_eq!(format!("{msg:?}"), format!("{back:?}"));
+    }
+    if let Ok(msg) = decode::<ToPrimary>(data) {
+        let again = serde_json::to_vec(&msg).expect("a decoded message encodes");
+        let back: ToPrimary = decode(&again).expect("an encoded message decodes");
+        assert_eq!(format!("{msg:?}"), format!("{back:?}"));
+    }
+});
