@@ -69,6 +69,26 @@ fn skip_wat_comments(mut text: &str) -> &str {
     }
 }
 
+/// The file's first 64 KiB (enough to tell its kind) and its SHA-256.
+fn hash_file(path: &Path) -> std::io::Result<(Vec<u8>, String)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if head.is_empty() {
+            head.extend_from_slice(&buf[..n]);
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok((head, format!("{:x}", hasher.finalize())))
+}
+
 /// Reads and hashes the handler, then returns its cached artifact, compiling
 /// it in a child process on a miss.
 pub async fn prepare(
@@ -87,9 +107,10 @@ pub async fn prepare(
         "handler `{name}` is {size} bytes, over the limit of {} (--max-module-size)",
         limits.max_module_size
     );
-    let bytes = std::fs::read(handler).with_context(|| format!("cannot read handler `{name}`"))?;
-    kind(handler, &bytes)?;
-    let hash = format!("{:x}", Sha256::digest(&bytes));
+    // Streamed: the primary never holds a whole (possibly huge) module.
+    let (head, hash) =
+        hash_file(handler).with_context(|| format!("cannot read handler `{name}`"))?;
+    kind(handler, &head)?;
     let version = hash[..12].to_string();
     // The primary builds an engine only to learn its compatibility hash;
     // it never compiles or runs guest code itself.

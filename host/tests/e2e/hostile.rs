@@ -366,3 +366,56 @@ fn crash_loop_is_reported_and_the_primary_stays_up() {
     assert!(lines.contains("crash-looping"), "no crash loop reported");
     assert_eq!(get(&fresh_client(), &server.url("/")).unwrap().0, 200);
 }
+
+#[test]
+fn connections_in_transit_to_a_dying_worker_go_to_another() {
+    let server = Server::start(&guests().hello, &["--workers", "2"]);
+    let victim = server.worker_pids()[0].1;
+    // Stopped, the worker cannot acknowledge the connections sent to it:
+    // they stay in transit, held by the primary.
+    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).unwrap();
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let url = server.url(&format!("/?name=c{i}"));
+            std::thread::spawn(move || get(&fresh_client(), &url))
+        })
+        .collect();
+    // Let every connection reach a worker (half of them the stopped one).
+    server.wait_for_events(Duration::from_secs(10), |_| server.access_log().len() >= 3);
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    for (i, c) in clients.into_iter().enumerate() {
+        assert_eq!(c.join().unwrap(), Ok((200, format!("Hello, c{i}!\n"))));
+    }
+}
+
+#[test]
+fn compile_bomb_is_stopped_by_the_child_limits() {
+    let g = guests();
+    let dir = scratch("bomb");
+    let file = dir.join("handler.wasm");
+    std::fs::copy(&g.hello, &file).unwrap();
+    let server = Server::start(&file, &["--workers", "1", "--compile-timeout", "1s"]);
+    let primary_rss = rss_kb(server.pid());
+    // Many large functions: seconds of compiling, far past the 1 s limit.
+    let mut wat = String::from("(module (func (export \"_start\"))\n");
+    for _ in 0..20_000 {
+        wat.push_str("(func (result i32) i32.const 1");
+        for _ in 0..200 {
+            wat.push_str(" i32.const 2 i32.add");
+        }
+        wat.push_str(")\n");
+    }
+    wat.push(')');
+    let tmp = dir.join("bomb.tmp");
+    std::fs::write(&tmp, wat).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    let status = server.wait_for_status(|s| {
+        s["last_deploy"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--compile-timeout"))
+    });
+    assert_eq!(status["workers"][0]["state"], "ready");
+    assert_eq!(get(&fresh_client(), &server.url("/")).unwrap().0, 200);
+    // The compiling happened elsewhere: the primary did not grow.
+    assert!(rss_kb(server.pid()) < primary_rss + 16 * 1024);
+}

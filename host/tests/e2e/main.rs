@@ -5,6 +5,7 @@ mod cgi;
 mod deploy;
 mod examples;
 mod faults;
+mod h2;
 mod harness;
 mod hostile;
 mod lifecycle;
