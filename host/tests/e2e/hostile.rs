@@ -419,3 +419,77 @@ fn compile_bomb_is_stopped_by_the_child_limits() {
     // The compiling happened elsewhere: the primary did not grow.
     assert!(rss_kb(server.pid()) < primary_rss + 16 * 1024);
 }
+
+#[test]
+fn guests_cannot_reach_out() {
+    let dir = scratch("escape");
+    std::fs::write(dir.join("ok.txt"), "inside\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap();
+    std::os::unix::fs::symlink("/etc", dir.join("etc")).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spec = format!("{}::/data", dir.display());
+    let server = Server::start(&guests().testkit, &["--workers", "1", "--dir", &spec]);
+    let client = fresh_client();
+    let url = |p: &str| server.url(p);
+    assert_eq!(
+        get(&client, &url("/file?path=/data/ok.txt")).unwrap(),
+        (200, "inside\n".into())
+    );
+    for path in [
+        "/data/link",
+        "/data/etc/passwd",
+        "/data/../etc/passwd",
+        "/etc/passwd",
+    ] {
+        assert_eq!(
+            get(&client, &url(&format!("/file?path={path}"))).unwrap().0,
+            403,
+            "{path}"
+        );
+    }
+    let addr = listener.local_addr().unwrap();
+    let (status, body) = get(&client, &url(&format!("/connect?addr={addr}"))).unwrap();
+    assert_eq!(status, 403, "{body}");
+}
+
+#[test]
+fn slow_request_body_ends_at_the_deadline() {
+    let server = Server::start(
+        &guests().testkit,
+        &["--workers", "1", "--request-timeout", "2s"],
+    );
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.write_all(b"POST /env HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly ten b")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let _ = conn.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(start.elapsed() < Duration::from_secs(4));
+    assert_still_serving_h1(&server);
+}
+
+#[test]
+fn module_over_the_size_limit_is_refused() {
+    let (ok, err) = run_to_exit(&[
+        "serve",
+        guests().hello.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--max-module-size",
+        "1MiB",
+        "--cache-dir",
+        scratch("size-limit").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("hello.wasm") && err.contains("--max-module-size"),
+        "{err}"
+    );
+}
+
+fn assert_still_serving_h1(server: &Server) {
+    assert_eq!(get(&fresh_client(), &server.url("/")).unwrap().0, 200);
+}

@@ -56,6 +56,17 @@ fn handle(req: Request) -> Response {
                 Err(e) => status(StatusCode::FORBIDDEN, format!("cannot read {p}: {e}\n")),
             }
         }
+        // Outbound network: a TCP connection to the address given.
+        "/connect" => {
+            let addr = param("addr").unwrap_or_default();
+            match std::net::TcpStream::connect(&addr) {
+                Ok(_) => text(format!("connected to {addr}\n")),
+                Err(e) => status(
+                    StatusCode::FORBIDDEN,
+                    format!("cannot connect to {addr}: {e}\n"),
+                ),
+            }
+        }
         "/print" => {
             println!("testkit says hello on stdout");
             eprintln!("testkit says hello on stderr");
