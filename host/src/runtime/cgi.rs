@@ -22,7 +22,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::cgi_head::{head_end, parse_head};
-use super::handler::{ConnInfo, GuestError};
+use super::handler::{ConnInfo, GuestError, RequestBody};
 
 /// The CGI header block may not be larger than this.
 const MAX_HEAD: usize = 64 * 1024;
@@ -118,8 +118,7 @@ pub async fn handle<B>(
     on_done: impl FnOnce() + Send + 'static,
 ) -> Result<hyper::Response<HyperOutgoingBody>, GuestError>
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: RequestBody,
 {
     let (parts, body) = req.into_parts();
     let conn = parts.extensions.get::<ConnInfo>().copied();
@@ -222,8 +221,7 @@ where
 /// it, stdin just ends (the declared-length case was refused with a 413).
 async fn pump_body<B>(body: B, limit: u64, mut stdin: DuplexStream)
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: RequestBody,
 {
     let mut body = http_body_util::Limited::new(body, limit as usize);
     while let Some(frame) = body.frame().await {

@@ -15,7 +15,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 
 use http_body_util::BodyExt;
 
-use super::handler::{GuardedBody, GuestError};
+use super::handler::{GuardedBody, GuestError, RequestBody};
 
 pub struct GuestState {
     wasi: WasiCtx,
@@ -141,8 +141,7 @@ pub async fn handle<B>(
     on_done: impl FnOnce() + Send + 'static,
 ) -> Result<hyper::Response<HyperOutgoingBody>, GuestError>
 where
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: RequestBody,
 {
     let reused = pool.and_then(|p| p.take());
     let (mut store, proxy, uses) = match reused {
@@ -237,8 +236,7 @@ pub(super) struct LimitedBody<B>(pub http_body_util::Limited<B>);
 
 impl<B> hyper::body::Body for LimitedBody<B>
 where
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: RequestBody,
 {
     type Data = bytes::Bytes;
     type Error = wasmtime_wasi_http::Error;

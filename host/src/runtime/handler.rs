@@ -40,6 +40,23 @@ pub struct Handler {
     pub version: String,
 }
 
+/// What a request body must be for a guest to read it (hyper's `Incoming`,
+/// or an empty body for the smoke check).
+pub trait RequestBody:
+    hyper::body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> RequestBody for B
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+}
+
 /// Where a request came from and arrived at, for CGI's REMOTE_ADDR etc.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnInfo {
@@ -112,8 +129,7 @@ impl Handler {
         on_done: impl FnOnce() + Send + 'static,
     ) -> Result<hyper::Response<HyperOutgoingBody>, GuestError>
     where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: RequestBody,
     {
         let wasi = || {
             self.wasi(&request_id)
