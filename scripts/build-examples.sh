@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/examples}
 mkdir -p "$out"
+out=$(cd "$out" && pwd) # absolute: some steps below run in other directories
+rm -f "$out"/*.wasm "$out"/*.wat # nothing stale may pass for built
 scripts/setup.sh
 
 say() { echo "build-examples: $*" >&2; }
@@ -46,7 +48,7 @@ npm_install() { # dir
   fi
 }
 npm_install examples/assemblyscript
-(cd examples/assemblyscript && npm run --silent build -- -o "$OLDPWD/$out/assemblyscript.wasm")
+(cd examples/assemblyscript && npm run --silent build -- -o "$out/assemblyscript.wasm")
 jswit=target/wit-js
 rm -rf "$jswit" && mkdir -p "$jswit/deps"
 for f in wit/deps/*.wit; do
@@ -56,8 +58,11 @@ sed -i '/@since(version = 0.2.12)/,+1d' "$jswit/deps/cli.wit"
 printf 'package wcluster:js-handler;\n\nworld handler {\n  include wasi:http/proxy@0.2.10;\n}\n' >"$jswit/world.wit"
 npm_install examples/javascript
 (cd examples/javascript &&
-  npx componentize-js handler.js -w "$OLDPWD/$jswit" -n handler -o "$OLDPWD/$out/javascript.wasm" >/dev/null)
+  npx componentize-js handler.js -w "$OLDPWD/$jswit" -n handler -o "$out/javascript.wasm" >/dev/null)
 
 # Python
 scripts/python-example.sh "$out/python.wasm"
-say "built: $(cd "$out" && ls)"
+for f in rust-hello.wasm rust-json.wasm wat.wat c.wasm assemblyscript.wasm javascript.wasm python.wasm; do
+  [ -s "$out/$f" ] || { say "$f was not built"; exit 1; }
+done
+say "built: $(cd "$out" && ls | tr '\n' ' ')"
