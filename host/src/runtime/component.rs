@@ -1,6 +1,7 @@
 //! wasi:http/proxy components (WASI 0.2): the world `wasmtime serve` and Spin
 //! run. Each request gets a fresh instance from the pre-instantiated
-//! component, with only the capabilities the operator granted.
+//! component (unless `--reuse-instances` opts into reuse), with only the
+//! capabilities the operator granted.
 
 use std::time::Instant;
 

@@ -1,6 +1,6 @@
 //! A worker process: the same binary re-executed by the primary with the
 //! hidden `worker` subcommand. It never binds a socket: connections arrive as
-//! fds over its channel (ipc.rs) and are served by hyper on a single-threaded
+//! fds over its channel (ipc/) and are served by hyper on a single-threaded
 //! tokio runtime, each request in a fresh WASM instance.
 //!
 //! Strategy: one task reads the channel (Init, then Conn/Load/Drain) and
