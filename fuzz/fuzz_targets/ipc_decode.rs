@@ -8,6 +8,13 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod messages;
 
+// messages.rs names the worker settings as `crate::config::worker`.
+#[allow(dead_code)]
+mod config {
+    #[path = "../../../host/src/config/worker.rs"]
+    pub mod worker;
+}
+
 use messages::{ToPrimary, ToWorker, decode};
 
 fuzz_target!(|data: &[u8]| {

@@ -31,6 +31,8 @@ pub enum Command {
     Reload(ControlArgs),
     /// Roll back to the previous good version.
     Rollback(ControlArgs),
+    /// Change the number of workers while serving (draining the removed ones).
+    Scale(ScaleArgs),
     /// Internal: a worker process, spawned by the primary.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -52,6 +54,10 @@ pub struct ServeArgs {
     /// Worker processes (default: one per CPU core).
     #[arg(long)]
     pub workers: Option<usize>,
+
+    /// The most workers `wcluster scale`, SIGTTIN or --workers may ask for.
+    #[arg(long, default_value_t = 64)]
+    pub max_workers: usize,
 
     /// Where compiled artifacts are cached (default: $XDG_CACHE_HOME/wcluster or ~/.cache/wcluster).
     #[arg(long)]
@@ -84,7 +90,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub smoke_timeout: Duration,
 
-    /// Control socket for `wcluster status|reload|rollback` (default: $XDG_RUNTIME_DIR or /tmp, wcluster-PORT.sock).
+    /// Control socket for `wcluster status|reload|rollback|scale` (default: $XDG_RUNTIME_DIR or /tmp, wcluster-PORT.sock).
     #[arg(long)]
     pub control: Option<PathBuf>,
 
@@ -156,6 +162,17 @@ pub struct ControlArgs {
     /// The control socket itself (overrides --port).
     #[arg(long)]
     pub control: Option<PathBuf>,
+    /// Print the server's reply as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    /// The number of workers to run.
+    pub workers: usize,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Args, Debug)]
@@ -172,8 +189,12 @@ pub struct WorkerArgs {
 
 #[derive(Args, Debug)]
 pub struct CompileArgs {
+    /// The bytes to compile: the primary's private copy of the handler.
     #[arg(long)]
     pub input: PathBuf,
+    /// The handler's own path, for messages.
+    #[arg(long)]
+    pub name: PathBuf,
     #[arg(long)]
     pub output: PathBuf,
     /// The engine settings, as JSON, exactly as the workers will use them.

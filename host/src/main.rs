@@ -20,6 +20,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 
 use cli::{Cli, Command};
+use primary::control::protocol::Request;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,16 +29,22 @@ fn main() -> ExitCode {
             let _log = logging::init(args.log_format);
             config::Config::from_args(args).and_then(primary::main)
         }
-        Command::Status(args) => primary::control_client(primary::ControlCommand::Status, args),
-        Command::Reload(args) => primary::control_client(primary::ControlCommand::Reload, args),
-        Command::Rollback(args) => primary::control_client(primary::ControlCommand::Rollback, args),
+        Command::Status(args) => primary::control_client(Request::Status, args),
+        Command::Reload(args) => primary::control_client(Request::Reload, args),
+        Command::Rollback(args) => primary::control_client(Request::Rollback, args),
+        Command::Scale(args) => primary::control_client(
+            Request::Scale {
+                workers: args.workers,
+            },
+            args.control,
+        ),
         Command::Worker(args) => {
             let _log = logging::init(args.log_format);
             worker::main(args)
         }
         // The compile child reports errors on stderr, as plain text, for
         // the primary to quote.
-        Command::Compile(args) => runtime::artifact::compile_main(args),
+        Command::Compile(args) => runtime::compile::compile_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,10 @@ pub enum SignalEvent {
     Shutdown,
     /// HUP: deploy the handler file again.
     Reload,
+    /// TTIN: one worker more.
+    ScaleUp,
+    /// TTOU: one worker less (never fewer than one).
+    ScaleDown,
 }
 
 /// Starts listening for signals; events arrive on the returned channel.
@@ -19,6 +23,8 @@ pub fn listen() -> Result<mpsc::UnboundedReceiver<SignalEvent>> {
         (SignalKind::terminate(), SignalEvent::Shutdown),
         (SignalKind::interrupt(), SignalEvent::Shutdown),
         (SignalKind::hangup(), SignalEvent::Reload),
+        (SignalKind::from_raw(nix::libc::SIGTTIN), SignalEvent::ScaleUp),
+        (SignalKind::from_raw(nix::libc::SIGTTOU), SignalEvent::ScaleDown),
     ] {
         let mut stream = signal(kind)?;
         let tx = tx.clone();

@@ -1,54 +1,56 @@
-//! The primary process: owns the listening socket, the worker table, the
-//! balancer, the file watcher and the control socket; never runs guest code.
+//! The primary process: owns the listening socket, the worker processes,
+//! the file watcher and the control socket; never runs guest code.
 //!
 //! Strategy: before anything binds, the handler is compiled (or found in the
-//! cache) by a child process. Then one task, this one, runs a loop over:
-//! - the listener: each accepted connection goes to the dispatcher, which
-//!   sends its fd to the next ready worker and holds it until acknowledged;
-//! - worker events, from two tasks per worker (supervisor.rs): channel
-//!   messages (Ready, Accepted, Loaded, Stats, ...) and the process's exit;
-//! - deploy triggers: the file watcher (watcher.rs, debounced here), SIGHUP
-//!   (signal.rs) and `wcluster reload` (control.rs); a compile task reports
-//!   back, and the roll (deploy.rs) advances on the workers' answers;
-//! - control requests (status, reload, rollback) and TERM/INT, which drains.
+//! cache) by a child process. Then this task, the shell, runs one loop:
+//! every event becomes an `Input` for the control-plane core (core/), which
+//! decides everything and answers with `Effect`s that the shell performs.
+//! The shell's sources of inputs:
+//! - worker tasks (processes.rs): each worker's messages, its channel
+//!   closing, its process exiting; and compile tasks reporting back;
+//! - the control socket (control/): status, reload, rollback, scale;
+//! - signals (signal.rs): TERM/INT drain, HUP reload, TTIN/TTOU scale;
+//! - the file watcher (watcher.rs); the core debounces;
+//! - the listener, polled only while the core is accepting;
+//! - the core's own next deadline (`poll_timeout`), as a `Tick`.
 //!
-//! Everything runs on one thread, so the worker table needs no locks.
+//! Everything runs on one thread, so nothing here needs a lock, and the
+//! shell holds only what the core cannot: sockets, processes, reply handles.
 
 mod balancer;
-mod control;
-mod deploy;
-mod dispatch;
-mod supervisor;
+pub mod control;
+mod core;
+mod processes;
 mod watcher;
 
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 
-pub use control::{Command as ControlCommand, client as control_client};
+pub use control::client as control_client;
 
 use crate::config::{Config, WorkerInit};
-use crate::ipc::ToPrimary;
 use crate::runtime::artifact;
-use crate::signal::{self, SignalEvent};
-use deploy::Deploys;
-use dispatch::Dispatcher;
-use supervisor::{Event, Supervisor};
+use crate::signal;
+use control::protocol::Reply;
+use core::{Announcement, ConnId, ControlId, Core, Effect, Gone, Input, Settings};
+use processes::Processes;
 
-/// Extra time, beyond --drain-timeout, before workers still alive are killed.
-const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Quiet time after the last file event before a deploy starts: a copy or
 /// an editor's save is several events.
 const DEBOUNCE: Duration = Duration::from_millis(200);
-/// How often the primary looks for hung workers.
-const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+/// Beyond the smoke check's own timeout: how long loading and
+/// pre-instantiating a version may take before the worker is replaced.
+const LOAD_MARGIN: Duration = Duration::from_secs(10);
 
 pub fn main(config: Config) -> Result<()> {
-    // One thread: see Supervisor::spawn for why that matters.
+    // One thread: see Processes::spawn for why that matters.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -77,16 +79,16 @@ async fn run(config: Config) -> Result<()> {
         .control
         .clone()
         .unwrap_or_else(|| control::default_path(addr.port()));
-    let mut control = control::serve(&control_path)?;
+    let control = control::serve(&control_path)?;
     let _cleanup = RemoveOnDrop(control_path.clone());
-    let (_watcher, mut file_events) = if config.watch {
+    let (_watcher, file_events) = if config.watch {
         let (w, rx) = watcher::watch(&config.handler)?;
         (Some(w), rx)
     } else {
         (None, mpsc::unbounded_channel().1)
     };
-    let mut signals = signal::listen()?;
-    let (tx, mut events) = mpsc::unbounded_channel();
+    let signals = signal::listen()?;
+    let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let init = WorkerInit {
         index: 0,
         artifact: first.path.clone(),
@@ -98,177 +100,200 @@ async fn run(config: Config) -> Result<()> {
         smoke: config.smoke.clone(),
         reuse_instances: config.reuse_instances,
     };
-    let mut sup = Supervisor::new(config.workers, init, config.log_format, tx);
-    for i in 0..sup.len() {
-        sup.spawn(i)?;
-    }
+    let settings = Settings {
+        workers: config.workers,
+        max_workers: config.max_workers,
+        load_timeout: config.smoke.timeout + LOAD_MARGIN,
+        liveness_timeout: config.liveness_timeout,
+        drain_timeout: config.drain_timeout,
+        debounce: DEBOUNCE,
+    };
+    let (core, effects) = Core::new(settings, first, Instant::now());
+    let mut shell = Shell {
+        core,
+        config: config.clone(),
+        addr,
+        control_path,
+        listener: Some(listener),
+        conns: HashMap::new(),
+        next_conn: 1,
+        replies: HashMap::new(),
+        next_control: 1,
+        procs: Processes::new(init, config.log_format, inputs_tx.clone()),
+        inputs_tx,
+        exit: None,
+    };
+    shell.perform_all(effects);
+    shell.run(inputs, control, signals, file_events).await
+}
 
-    // Start-up: every worker must load the handler before we announce.
-    while !sup.all_ready() {
-        tokio::select! {
-            Some(ev) = events.recv() => match ev {
-                Event::Message { index, generation, msg: ToPrimary::Ready { version } } => {
-                    sup.mark_ready(index, generation, version);
-                }
-                Event::Message { index, msg: ToPrimary::Failed { error }, .. } => {
-                    sup.kill_all();
-                    bail!("worker {index} could not load the handler: {error}");
-                }
-                Event::ChannelClosed { index, .. } | Event::ProcessExited { index, .. } => {
-                    sup.kill_all();
-                    bail!("worker {index} exited during start-up");
-                }
-                _ => {}
-            },
-            Some(SignalEvent::Shutdown) = signals.recv() => {
-                sup.kill_all();
-                return Ok(());
-            }
-        }
-    }
-    println!(
-        "wcluster: listening on http://{addr} ({} workers)",
-        sup.len()
-    );
-    tracing::info!("control socket: {}", control_path.display());
+/// What the core cannot hold: sockets, processes and reply handles.
+struct Shell {
+    core: Core,
+    config: Arc<Config>,
+    addr: std::net::SocketAddr,
+    control_path: std::path::PathBuf,
+    listener: Option<TcpListener>,
+    /// Connections accepted and not yet acknowledged by a worker.
+    conns: HashMap<ConnId, TcpStream>,
+    next_conn: ConnId,
+    replies: HashMap<ControlId, oneshot::Sender<Reply>>,
+    next_control: ControlId,
+    procs: Processes,
+    inputs_tx: mpsc::UnboundedSender<Input>,
+    exit: Option<Result<(), String>>,
+}
 
-    let (compiled_tx, mut compiled) = mpsc::unbounded_channel();
-    let mut deploys = Deploys::new(config.clone(), first, compiled_tx);
-    let mut dispatch = Dispatcher::new();
-    let mut debounce: Option<Instant> = None;
-    let mut liveness = tokio::time::interval(LIVENESS_CHECK);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match stream.into_std() {
-                    Ok(stream) => dispatch.dispatch(&mut sup, stream),
-                    Err(e) => tracing::warn!("cannot take an accepted connection: {e}"),
+impl Shell {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut control: mpsc::UnboundedReceiver<control::Request>,
+        mut signals: mpsc::UnboundedReceiver<signal::SignalEvent>,
+        mut file_events: mpsc::UnboundedReceiver<()>,
+    ) -> Result<()> {
+        while self.exit.is_none() {
+            let deadline = self.core.poll_timeout();
+            let accepting = self.core.accepting();
+            // Biased, workers first: their queued reports are news that the
+            // core must see before a tick judges their liveness.
+            let input = tokio::select! {
+                biased;
+                Some(input) = inputs.recv() => input,
+                Some(sig) = signals.recv() => Input::Signal(sig),
+                Some((request, reply)) = control.recv() => {
+                    let id = self.next_control;
+                    self.next_control += 1;
+                    self.replies.insert(id, reply);
+                    Input::Control(id, request)
+                }
+                Some(()) = file_events.recv() => Input::FileChanged,
+                accepted = accept(self.listener.as_ref(), accepting) => match accepted {
+                    Ok(stream) => {
+                        let id = self.next_conn;
+                        self.next_conn += 1;
+                        self.conns.insert(id, stream);
+                        Input::Accepted(id)
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
                 },
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(ev) = events.recv() => on_event(ev, &mut sup, &mut dispatch, &mut deploys)?,
-            Some(()) = file_events.recv() => debounce = Some(Instant::now() + DEBOUNCE),
-            _ = sleep_until(debounce) => {
-                debounce = None;
-                tracing::info!("handler file changed");
-                deploys.trigger(None);
-            }
-            Some(result) = compiled.recv() => deploys.on_compiled(result, &mut sup),
-            Some((cmd, reply)) = control.recv() => match cmd {
-                ControlCommand::Status => { reply.send(deploys.status(&sup)).ok(); }
-                ControlCommand::Reload => deploys.trigger(Some(reply)),
-                ControlCommand::Rollback => deploys.rollback(reply, &mut sup),
-            },
-            _ = liveness.tick() => sup.kill_unresponsive(config.liveness_timeout),
-            Some(sig) = signals.recv() => match sig {
-                SignalEvent::Shutdown => break,
-                SignalEvent::Reload => {
-                    tracing::info!("SIGHUP: reloading");
-                    deploys.trigger(None);
-                }
-            },
+                () = sleep_until(deadline) => Input::Tick,
+            };
+            self.feed(input);
         }
-        if !dispatch.is_idle() {
-            dispatch.flush(&mut sup);
+        match self.exit.take().expect("loop ends on exit") {
+            Ok(()) => Ok(()),
+            Err(e) => Err(anyhow!(e)),
         }
     }
 
-    // Drain: stop accepting, let the workers finish, exit 0.
-    drop(listener);
-    tracing::info!(
-        "shutting down: draining workers (up to {:?})",
-        config.drain_timeout
-    );
-    sup.drain_all().await;
-    let deadline = Instant::now() + config.drain_timeout + KILL_GRACE;
-    while sup.any_alive() {
-        tokio::select! {
-            Some(ev) = events.recv() => on_event(ev, &mut sup, &mut dispatch, &mut deploys)?,
-            _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!("workers still running after the drain timeout: killing them");
-                sup.kill_all();
-                break;
+    /// Hands one input to the core and performs the effects, feeding back
+    /// what performing them reports (a failed send, a failed spawn) first.
+    fn feed(&mut self, input: Input) {
+        if let Input::WorkerGone(worker, Gone::Exited(_)) = &input {
+            self.procs.reaped(*worker);
+        }
+        let effects = self.core.handle(Instant::now(), input);
+        self.perform_all(effects);
+    }
+
+    fn perform_all(&mut self, effects: Vec<Effect>) {
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            if let Some(back) = self.perform(effect) {
+                let more = self.core.handle(Instant::now(), back);
+                for e in more.into_iter().rev() {
+                    queue.push_front(e);
+                }
             }
         }
     }
-    Ok(())
+
+    /// Performs one effect; returns what the core must hear about it.
+    fn perform(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Spawn { worker, artifact } => match self.procs.spawn(worker, &artifact) {
+                Ok(pid) => return Some(Input::Spawned { worker, pid }),
+                Err(e) => {
+                    return Some(Input::WorkerGone(
+                        worker,
+                        Gone::SpawnFailed(format!("{e:#}")),
+                    ));
+                }
+            },
+            Effect::SendConn { worker, conn } => {
+                let stream = self.conns.get(&conn)?;
+                if let Err(e) = self.procs.send_conn(worker, conn, stream) {
+                    let full = e.kind() == io::ErrorKind::WouldBlock;
+                    return Some(Input::ConnNotSent { conn, worker, full });
+                }
+            }
+            Effect::CloseConn(conn) => {
+                self.conns.remove(&conn);
+            }
+            Effect::Send(worker, msg) => self.procs.send(worker, msg),
+            Effect::Kill(worker) => self.procs.kill(worker),
+            Effect::Compile(job) => {
+                let config = self.config.clone();
+                let tx = self.inputs_tx.clone();
+                tokio::spawn(async move {
+                    let result = artifact::prepare(
+                        &config.handler,
+                        &config.cache_dir,
+                        &config.engine,
+                        &config.compile,
+                    )
+                    .await
+                    .map_err(|e| format!("{e:#}"));
+                    tx.send(Input::Compiled { job, result }).ok();
+                });
+            }
+            Effect::Reply(to, reply) => {
+                if let Some(tx) = self.replies.remove(&to) {
+                    tx.send(reply).ok();
+                }
+            }
+            Effect::Announce(Announcement::Listening { workers }) => {
+                let plural = if workers == 1 { "worker" } else { "workers" };
+                println!(
+                    "wcluster: listening on http://{} ({workers} {plural})",
+                    self.addr
+                );
+                tracing::info!("control socket: {}", self.control_path.display());
+            }
+            Effect::Announce(Announcement::Rolled {
+                version,
+                workers,
+                ms,
+            }) => {
+                let plural = if workers == 1 { "worker" } else { "workers" };
+                println!("wcluster: rolled to {version} on {workers} {plural} in {ms} ms");
+            }
+            Effect::StopListening => self.listener = None,
+            Effect::Exit(result) => self.exit = Some(result),
+        }
+        None
+    }
+}
+
+/// The next connection, while `accepting`; otherwise never.
+async fn accept(listener: Option<&TcpListener>, accepting: bool) -> io::Result<TcpStream> {
+    match listener {
+        Some(l) if accepting => l.accept().await?.0.into_std(),
+        _ => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+        Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
-}
-
-fn on_event(
-    ev: Event,
-    sup: &mut Supervisor,
-    dispatch: &mut Dispatcher,
-    deploys: &mut Deploys,
-) -> Result<()> {
-    let mut lost = |sup: &mut Supervisor, index, generation, why: &str| {
-        if sup.lost(index, generation, why) {
-            dispatch.reclaim(index);
-            deploys.on_worker_lost(index, sup);
-        }
-    };
-    match ev {
-        Event::Message {
-            index,
-            generation,
-            msg,
-        } => {
-            sup.seen(index, generation);
-            match msg {
-                ToPrimary::Accepted { id } => dispatch.accepted(id),
-                ToPrimary::Ready { version } => {
-                    if sup.mark_ready(index, generation, version) {
-                        deploys.on_ready(sup);
-                    }
-                }
-                ToPrimary::Failed { error } => {
-                    tracing::error!(worker = index, "worker could not load the handler: {error}");
-                    lost(sup, index, generation, "load failed");
-                }
-                ToPrimary::Loaded { version } => {
-                    sup.update(index, generation, |s| s.version = version);
-                    deploys.on_loaded(index, generation, sup);
-                }
-                ToPrimary::LoadFailed { error, .. } => {
-                    deploys.on_load_failed(index, generation, &error, sup);
-                }
-                ToPrimary::Stats {
-                    requests,
-                    in_flight,
-                } => sup.update(index, generation, |s| {
-                    s.requests = requests;
-                    s.in_flight = in_flight;
-                }),
-            }
-        }
-        Event::ChannelClosed { index, generation } => {
-            lost(sup, index, generation, "channel closed")
-        }
-        Event::ProcessExited {
-            index,
-            generation,
-            status,
-        } => {
-            lost(sup, index, generation, &format!("exited: {status}"));
-            sup.reaped(index, generation);
-        }
-        Event::Respawn { index } => {
-            if !sup.shutting_down {
-                sup.spawn(index)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {

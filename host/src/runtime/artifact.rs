@@ -1,7 +1,7 @@
-//! Compile once, load fast. The primary hashes the handler and looks for a
-//! cached artifact; on a miss a short-lived `wcluster compile` child compiles
-//! and checks it (so a hostile or huge module cannot hurt the primary), and
-//! the workers memory-map the result.
+//! Compile once, load fast: the primary's side. It copies the handler into
+//! the cache directory while hashing it and looks for a cached artifact; on
+//! a miss a short-lived `wcluster compile` child (compile.rs) compiles that
+//! copy, and the workers memory-map the result.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,16 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
-use wasmtime::Module;
-use wasmtime::component::Component;
 
 use super::engine::{self, Allocation};
-use super::{cgi, component};
-use crate::cli::CompileArgs;
 use crate::config::{CompileLimits, EngineSettings};
 
 /// A compiled handler ready for the workers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Artifact {
     pub path: PathBuf,
     /// Short content hash of the handler file: its version id.
@@ -30,12 +26,12 @@ pub struct Artifact {
 
 /// What kind of file a handler is, read from its first bytes.
 #[derive(Debug, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Component,
     CoreModule,
 }
 
-fn kind(path: &Path, bytes: &[u8]) -> Result<Kind> {
+pub fn kind(path: &Path, bytes: &[u8]) -> Result<Kind> {
     let name = path.display();
     if bytes.starts_with(b"\0asm") {
         return match bytes.get(4..8) {
@@ -69,24 +65,94 @@ fn skip_wat_comments(mut text: &str) -> &str {
     }
 }
 
-/// The file's first 64 KiB (enough to tell its kind) and its SHA-256.
-fn hash_file(path: &Path) -> std::io::Result<(Vec<u8>, String)> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+/// A private copy of the handler file, made while hashing it, so the
+/// compile child compiles exactly the bytes that name the version: a write
+/// or rename of the handler meanwhile cannot put other code under this name.
+struct Staged {
+    copy: tempfile::TempPath,
+    /// The first 64 KiB, enough to tell the file's kind.
+    head: Vec<u8>,
+    hash: String,
+}
+
+/// Opens the handler without blocking (a FIFO would block `open`), refuses
+/// anything but a regular file, and copies at most `max` bytes of it into
+/// the cache directory while hashing them. Blocking I/O: run it off the
+/// primary's event loop.
+fn stage(handler: &Path, cache_dir: &Path, max: u64) -> Result<Staged> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = handler.display();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(handler)
+        .with_context(|| format!("cannot read handler `{name}`"))?;
+    // fstat of what was opened, not stat of the path: the path may change.
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read handler `{name}`"))?;
+    ensure!(
+        meta.file_type().is_file(),
+        "handler `{name}` is not a regular file (it is a {}); refused",
+        describe(&meta.file_type())
+    );
+    ensure!(
+        meta.len() <= max,
+        "handler `{name}` is {} bytes, over the limit of {max} (--max-module-size)",
+        meta.len()
+    );
+    let mut copy = tempfile::Builder::new()
+        .prefix(".staging-")
+        .suffix(".wasm")
+        .tempfile_in(cache_dir)
+        .with_context(|| format!("cannot stage handler in `{}`", cache_dir.display()))?;
     let mut hasher = Sha256::new();
     let mut head = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("cannot read handler `{name}`"))?;
         if n == 0 {
             break;
         }
+        total += n as u64;
+        // The file may grow after the fstat: the limit holds for what is read.
+        ensure!(
+            total <= max,
+            "handler `{name}` grew past the limit of {max} bytes (--max-module-size) while being read"
+        );
         if head.is_empty() {
             head.extend_from_slice(&buf[..n]);
         }
         hasher.update(&buf[..n]);
+        copy.write_all(&buf[..n])
+            .with_context(|| format!("cannot stage handler in `{}`", cache_dir.display()))?;
     }
-    Ok((head, format!("{:x}", hasher.finalize())))
+    Ok(Staged {
+        copy: copy.into_temp_path(),
+        head,
+        hash: format!("{:x}", hasher.finalize()),
+    })
+}
+
+fn describe(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
 }
 
 /// Reads and hashes the handler, then returns its cached artifact, compiling
@@ -98,27 +164,26 @@ pub async fn prepare(
     limits: &CompileLimits,
 ) -> Result<Artifact> {
     let start = Instant::now();
-    let name = handler.display();
-    let size = std::fs::metadata(handler)
-        .with_context(|| format!("cannot read handler `{name}`"))?
-        .len();
-    ensure!(
-        size <= limits.max_module_size,
-        "handler `{name}` is {size} bytes, over the limit of {} (--max-module-size)",
-        limits.max_module_size
-    );
-    // Streamed: the primary never holds a whole (possibly huge) module.
-    let (head, hash) =
-        hash_file(handler).with_context(|| format!("cannot read handler `{name}`"))?;
-    kind(handler, &head)?;
-    let version = hash[..12].to_string();
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("cannot create cache directory `{}`", cache_dir.display()))?;
+    let staged = {
+        let (handler, cache_dir, max) = (
+            handler.to_path_buf(),
+            cache_dir.to_path_buf(),
+            limits.max_module_size,
+        );
+        tokio::task::spawn_blocking(move || stage(&handler, &cache_dir, max))
+            .await
+            .context("staging the handler failed")??
+    };
+    kind(handler, &staged.head)?;
+    let version = staged.hash[..12].to_string();
     // The primary builds an engine only to learn its compatibility hash;
     // it never compiles or runs guest code itself.
     let engine = engine::build(settings, Allocation::OnDemand)?;
-    std::fs::create_dir_all(cache_dir)
-        .with_context(|| format!("cannot create cache directory `{}`", cache_dir.display()))?;
     let path = cache_dir.join(format!(
-        "{hash}-{}.cwasm",
+        "{}-{}.cwasm",
+        staged.hash,
         engine::compatibility_key(&engine)
     ));
     if path.is_file() {
@@ -129,7 +194,7 @@ pub async fn prepare(
             compile_time: start.elapsed(),
         });
     }
-    compile_in_child(handler, &path, settings, limits).await?;
+    compile_in_child(handler, &staged.copy, &path, settings, limits).await?;
     Ok(Artifact {
         path,
         version,
@@ -138,8 +203,10 @@ pub async fn prepare(
     })
 }
 
+/// Compiles `staged` (the private copy of `handler`) into `output`.
 async fn compile_in_child(
     handler: &Path,
+    staged: &Path,
     output: &Path,
     settings: &EngineSettings,
     limits: &CompileLimits,
@@ -148,6 +215,8 @@ async fn compile_in_child(
     let child = tokio::process::Command::new(exe)
         .arg("compile")
         .arg("--input")
+        .arg(staged)
+        .arg("--name")
         .arg(handler)
         .arg("--output")
         .arg(output)
@@ -183,46 +252,6 @@ async fn compile_in_child(
         );
     }
     bail!("{reason}")
-}
-
-/// The `wcluster compile` child: compile, check it is a handler, write the
-/// artifact atomically. Errors go to stderr for the primary to report.
-pub fn compile_main(args: CompileArgs) -> Result<()> {
-    use nix::sys::resource::{Resource, setrlimit};
-    // The limit is set by the child on itself, before reading anything, so a
-    // compile bomb runs out of address space here and not in the primary.
-    setrlimit(Resource::RLIMIT_AS, args.max_memory, args.max_memory)
-        .context("cannot set the compile memory limit")?;
-    let settings: EngineSettings = serde_json::from_str(&args.engine)?;
-    let engine = engine::build(&settings, Allocation::OnDemand)?;
-    let name = args.input.display();
-    let bytes = std::fs::read(&args.input).with_context(|| format!("cannot read `{name}`"))?;
-    let serialized = match kind(&args.input, &bytes)? {
-        Kind::Component => {
-            let component = Component::new(&engine, &bytes)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("`{name}` is not a valid WebAssembly component"))?;
-            component::pre_instantiate(&engine, &component)
-                .with_context(|| format!("`{name}` is not a handler wcluster can serve"))?;
-            component.serialize()?
-        }
-        Kind::CoreModule => {
-            let module = Module::new(&engine, &bytes)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("`{name}` is not a valid WebAssembly module"))?;
-            cgi::pre_instantiate(&engine, &module)
-                .with_context(|| format!("`{name}` is not a handler wcluster can serve"))?;
-            module.serialize()?
-        }
-    };
-    let tmp = args
-        .output
-        .with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, serialized)
-        .with_context(|| format!("cannot write artifact `{}`", tmp.display()))?;
-    std::fs::rename(&tmp, &args.output)
-        .with_context(|| format!("cannot write artifact `{}`", args.output.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

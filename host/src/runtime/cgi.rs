@@ -22,7 +22,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::cgi_head::{head_end, parse_head};
-use super::handler::{ConnInfo, GuestError, RequestBody};
+use super::guest::{ConnInfo, GuestError, RequestBody};
 
 /// The CGI header block may not be larger than this.
 const MAX_HEAD: usize = 64 * 1024;
@@ -134,7 +134,7 @@ where
             wasi: wasi.build_p1(),
         },
     );
-    super::handler::yield_at_every_tick(&mut store);
+    super::guest::yield_at_every_tick(&mut store);
     tokio::spawn(pump_body(body, body_limit, stdin_host));
 
     let deadline = tokio::time::Instant::from_std(deadline);

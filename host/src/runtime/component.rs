@@ -16,7 +16,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 
 use http_body_util::BodyExt;
 
-use super::handler::{GuardedBody, GuestError, RequestBody};
+use super::guest::{GuardedBody, GuestError, RequestBody};
 
 pub struct GuestState {
     wasi: WasiCtx,
@@ -157,7 +157,7 @@ where
                     hooks: Hooks,
                 },
             );
-            super::handler::yield_at_every_tick(&mut store);
+            super::guest::yield_at_every_tick(&mut store);
             (store, None, 0)
         }
     };

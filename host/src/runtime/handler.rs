@@ -7,26 +7,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use wasmtime::component::Component;
-use wasmtime::{Engine, InstancePre, Module, Precompiled, Store, UpdateDeadline};
+use wasmtime::{Engine, InstancePre, Module, Precompiled};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::cgi::{self, CgiState};
 use super::component::{self, GuestState};
+use super::guest::{GuestError, RequestBody};
 use super::guest_io::GuestLog;
 use crate::config::Grants;
-
-/// Why a request produced no guest response.
-#[derive(Debug)]
-pub enum GuestError {
-    /// The deadline passed before the guest set a response.
-    Timeout,
-    /// The guest trapped, or returned without setting a response.
-    Failed(wasmtime::Error),
-    /// A CGI module's output was not a valid response (502).
-    BadGateway(String),
-}
 
 enum Guest {
     Component(ProxyPre<GuestState>, Option<Arc<component::InstancePool>>),
@@ -38,30 +28,6 @@ pub struct Handler {
     grants: Arc<Grants>,
     /// Short content hash of the handler file.
     pub version: String,
-}
-
-/// What a request body must be for a guest to read it (hyper's `Incoming`,
-/// or an empty body for the smoke check).
-pub trait RequestBody:
-    hyper::body::Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
-    + Send
-    + Unpin
-    + 'static
-{
-}
-
-impl<B> RequestBody for B
-where
-    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-}
-
-/// Where a request came from and arrived at, for CGI's REMOTE_ADDR etc.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnInfo {
-    pub peer: Option<std::net::SocketAddr>,
-    pub local: Option<std::net::SocketAddr>,
 }
 
 impl Handler {
@@ -186,68 +152,3 @@ impl Handler {
     }
 }
 
-/// A guest's response body, ended with an error instead of cleanly when the
-/// guest failed after sending its headers (a trap mid-body, the deadline):
-/// the client must see a truncated response, never a complete-looking one.
-pub struct GuardedBody {
-    inner: HyperOutgoingBody,
-    outcome: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
-}
-
-impl GuardedBody {
-    pub fn new(
-        inner: HyperOutgoingBody,
-        outcome: tokio::sync::oneshot::Receiver<Result<(), String>>,
-    ) -> Self {
-        Self {
-            inner,
-            outcome: Some(outcome),
-        }
-    }
-}
-
-impl hyper::body::Body for GuardedBody {
-    type Data = bytes::Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        use std::task::{Poll, ready};
-        let this = self.get_mut();
-        match ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(frame) => Poll::Ready(Some(frame)),
-            None => {
-                let Some(outcome) = this.outcome.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                let result = ready!(std::pin::Pin::new(outcome).poll(cx));
-                this.outcome = None;
-                match result {
-                    Ok(Err(why)) => {
-                        tracing::warn!("handler failed after its response started: {why}");
-                        Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
-                            why,
-                        )))))
-                    }
-                    _ => Poll::Ready(None),
-                }
-            }
-        }
-    }
-}
-
-/// Makes a busy guest yield to the worker's other requests at every epoch
-/// tick; the deadline itself is a tokio timeout around the whole call.
-/// tokio's `yield_now` (not a plain wake) lets the I/O driver run first, so
-/// a guest in `loop {}` cannot starve the worker's sockets.
-pub fn yield_at_every_tick<T>(store: &mut Store<T>) {
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| {
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(tokio::task::yield_now()),
-        ))
-    });
-}

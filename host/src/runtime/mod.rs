@@ -4,7 +4,9 @@
 pub mod artifact;
 pub mod cgi;
 pub mod cgi_head;
+pub mod compile;
 pub mod component;
 pub mod engine;
+pub mod guest;
 pub mod guest_io;
 pub mod handler;

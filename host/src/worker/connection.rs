@@ -11,7 +11,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Semaphore;
 
 use super::service::{self, WorkerCtx};
-use crate::runtime::handler::ConnInfo;
+use crate::runtime::guest::ConnInfo;
 
 pub fn serve(
     ctx: &Arc<WorkerCtx>,

@@ -34,6 +34,10 @@ use service::WorkerCtx;
 /// it yields to the worker's other requests.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// On drain, how long keep-alive clients get to send one more request
+/// (answered with `Connection: close`) before idle connections are closed
+/// and HTTP/2 ones get GOAWAY.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 pub fn main(args: WorkerArgs) -> Result<()> {
     // Die with the primary, and catch the race where it died before this line.
@@ -108,6 +112,14 @@ async fn run(fd: OwnedFd) -> Result<()> {
             Ok(Some((ToWorker::Load { artifact, version }, _))) => {
                 deployer.spawn_load(ctx.clone(), chan.clone(), artifact, version);
             }
+            Ok(Some((ToWorker::Report, _))) => {
+                let (requests, in_flight) = ctx.stats();
+                let stats = ToPrimary::Stats {
+                    requests,
+                    in_flight,
+                };
+                chan.send(&stats, None).await?;
+            }
             Ok(Some((ToWorker::Drain, _))) => break,
             Ok(Some((other, _))) => {
                 tracing::warn!("unexpected message from the primary: {other:?}")
@@ -117,6 +129,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
             Err(e) => tracing::warn!("bad message from the primary: {e}"),
         }
     }
+    drain(&ctx, &connections, init.limits.max_connections, init.drain_timeout).await;
     if tokio::time::timeout(init.drain_timeout, graceful.shutdown())
         .await
         .is_err()
@@ -127,6 +140,24 @@ async fn run(fd: OwnedFd) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The gentle part of a drain: responses say `Connection: close` from now
+/// on; wait (up to DRAIN_GRACE) for the open connections to take that and
+/// go. What is left is closed by the graceful shutdown after this.
+async fn drain(
+    ctx: &WorkerCtx,
+    connections: &Semaphore,
+    max_connections: usize,
+    drain_timeout: Duration,
+) {
+    ctx.start_draining();
+    let grace = tokio::time::Instant::now() + DRAIN_GRACE.min(drain_timeout);
+    while connections.available_permits() < max_connections
+        && tokio::time::Instant::now() < grace
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Reports the worker's counts to the primary every second, for `status`.

@@ -2,7 +2,7 @@
 //! with its deadline, error responses, and the access log line.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -14,7 +14,8 @@ use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::config::RequestLimits;
-use crate::runtime::handler::{GuestError, Handler};
+use crate::runtime::guest::GuestError;
+use crate::runtime::handler::Handler;
 
 pub struct WorkerCtx {
     pub index: usize,
@@ -25,6 +26,9 @@ pub struct WorkerCtx {
     handler: RwLock<Arc<Handler>>,
     permits: Arc<Semaphore>,
     next_request: AtomicU64,
+    /// Set when the worker drains: HTTP/1 responses carry `Connection:
+    /// close`, so keep-alive clients move to another worker cleanly.
+    draining: AtomicBool,
 }
 
 impl WorkerCtx {
@@ -36,7 +40,12 @@ impl WorkerCtx {
             permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
             limits,
             next_request: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     pub fn handler(&self) -> Arc<Handler> {
@@ -65,10 +74,15 @@ pub async fn handle(
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let http1 = req.version() < http::Version::HTTP_2;
     let n = ctx.next_request.fetch_add(1, Ordering::Relaxed);
     let request_id: Arc<str> = format!("{}-{n}", ctx.index).into();
     let handler = ctx.handler();
-    let resp = respond(&ctx, &handler, req, start, &request_id).await;
+    let mut resp = respond(&ctx, &handler, req, start, &request_id).await;
+    if http1 && ctx.draining.load(Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     tracing::info!(
         target: "access",
         worker = ctx.index,
@@ -78,7 +92,8 @@ pub async fn handle(
         method = %method,
         path = %path,
         status = resp.status().as_u16(),
-        duration_ms = format_args!("{:.3}", start.elapsed().as_secs_f64() * 1000.0),
+        // A number, as log pipelines expect; microsecond precision.
+        duration_ms = (start.elapsed().as_micros() as f64) / 1000.0,
     );
     Ok(resp)
 }

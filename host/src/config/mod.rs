@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{LogFormat, ServeArgs};
-pub use crate::ipc::messages::{
-    DirGrant, EngineSettings, Grants, RequestLimits, SmokeCheck, WorkerInit,
-};
 use anyhow::{Context, Result, bail, ensure};
+
+use crate::cli::{LogFormat, ServeArgs};
+
+pub mod worker;
+
+pub use worker::{DirGrant, EngineSettings, Grants, RequestLimits, SmokeCheck, WorkerInit};
 
 #[derive(Debug, Clone)]
 pub struct CompileLimits {
@@ -23,6 +25,7 @@ pub struct Config {
     pub handler: PathBuf,
     pub addr: SocketAddr,
     pub workers: usize,
+    pub max_workers: usize,
     pub cache_dir: PathBuf,
     pub engine: EngineSettings,
     pub limits: RequestLimits,
@@ -50,10 +53,18 @@ impl Config {
             "handler `{}` does not exist or is not a file",
             handler.display()
         );
-        let workers = args.workers.unwrap_or_else(num_cpus::get);
         ensure!(
-            (1..=1024).contains(&workers),
-            "--workers must be between 1 and 1024, got {workers}"
+            (1..=1024).contains(&args.max_workers),
+            "--max-workers must be between 1 and 1024, got {}",
+            args.max_workers
+        );
+        let workers = args
+            .workers
+            .unwrap_or_else(|| num_cpus::get().min(args.max_workers));
+        ensure!(
+            (1..=args.max_workers).contains(&workers),
+            "--workers must be between 1 and --max-workers ({}), got {workers}",
+            args.max_workers
         );
         let l = args.limits;
         ensure!(
@@ -101,6 +112,7 @@ impl Config {
             handler,
             addr: args.addr,
             workers,
+            max_workers: args.max_workers,
             cache_dir,
             engine: EngineSettings {
                 max_memory: l.max_memory.as_u64(),
@@ -134,7 +146,7 @@ impl Config {
 }
 
 /// The handler `wcluster serve` runs when given none: examples/wat/hello.wat.
-const BUILTIN_HANDLER: &str = include_str!("../../examples/wat/hello.wat");
+const BUILTIN_HANDLER: &str = include_str!("../../../examples/wat/hello.wat");
 
 fn write_builtin_handler(cache_dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(cache_dir)

@@ -1,0 +1,64 @@
+//! The settings a worker process is started with: everything it needs to
+//! build its engine and serve, sent to it once as `ToWorker::Init`. Plain
+//! data with no I/O, so the channel's fuzz target can include it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What the engine is built from; identical in the compile child and in every
+/// worker so that artifacts are compatible.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub max_memory: u64,
+    pub max_concurrent: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestLimits {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub max_body: u64,
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub max_concurrent: u32,
+}
+
+/// Capabilities granted to the guest; empty by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Grants {
+    pub env: Vec<(String, String)>,
+    pub dirs: Vec<DirGrant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirGrant {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+/// The first message a worker receives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInit {
+    pub index: usize,
+    pub artifact: PathBuf,
+    pub version: String,
+    pub engine: EngineSettings,
+    pub limits: RequestLimits,
+    pub grants: Grants,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    pub smoke: SmokeCheck,
+    /// 0: a fresh instance per request; N: an instance serves up to N.
+    pub reuse_instances: u32,
+}
+
+/// The request every new version must answer before it goes live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmokeCheck {
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}

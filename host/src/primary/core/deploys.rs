@@ -1,0 +1,535 @@
+//! Deploys: compile the new file once, then roll it through the ready
+//! workers one at a time. The first worker is the canary; if any worker
+//! refuses the version, is lost while loading it, or does not answer by the
+//! load deadline, the roll turns around and puts the workers that switched
+//! back on the last good version. A roll always ends: each worker is tried
+//! at most once per direction, and every wait has a deadline.
+//!
+//! One deploy at a time: a trigger during a compile or a roll is
+//! remembered, and the file is read again when that ends (newest wins; a
+//! compile overtaken by a newer trigger is not rolled at all).
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Instant;
+
+use super::{Announcement, ControlId, Core, Effect, JobId, Phase, WorkerId, WorkerState};
+use crate::ipc::ToWorker;
+use crate::primary::control::protocol::{
+    DeployError, DeployKind, DeployOutcome, DeployResult, Refusal, Reply,
+};
+use crate::runtime::artifact::Artifact;
+
+/// Deploy outcomes kept for `status`.
+const HISTORY: usize = 10;
+
+pub(super) struct Deploys {
+    /// The last good version: what every worker should run, and what new
+    /// workers start with.
+    current: Artifact,
+    previous: Option<Artifact>,
+    /// Counts successful rolls; 1 is the version the server started with.
+    generation: u64,
+    pub(super) compiling: Option<Compiling>,
+    next_job: JobId,
+    pub(super) roll: Option<Roll>,
+    /// A trigger arrived while busy: read the file again afterwards.
+    again: bool,
+    again_waiters: Vec<ControlId>,
+    last: DeployOutcome,
+    history: VecDeque<DeployOutcome>,
+}
+
+pub(super) struct Compiling {
+    job: JobId,
+    started: Instant,
+    waiters: Vec<ControlId>,
+}
+
+pub(super) struct Roll {
+    kind: DeployKind,
+    started: Instant,
+    waiters: Vec<ControlId>,
+    target: Artifact,
+    from: Artifact,
+    /// Workers sent the version in this direction, so each is tried once.
+    attempted: HashSet<WorkerId>,
+    switched: usize,
+    /// The worker loading now, and when it must have answered.
+    awaiting: Option<(WorkerId, Instant)>,
+    /// No worker was ready to be the canary: the roll waits for one until then.
+    stalled_until: Option<Instant>,
+    /// Set once the roll failed and is putting workers back on `from`.
+    reverting: Option<DeployError>,
+}
+
+impl Deploys {
+    pub fn new(first: Artifact) -> Deploys {
+        let last = DeployOutcome {
+            kind: DeployKind::Start,
+            version: Some(first.version.clone()),
+            result: DeployResult::Started,
+        };
+        Deploys {
+            current: first,
+            previous: None,
+            generation: 1,
+            compiling: None,
+            next_job: 1,
+            roll: None,
+            again: false,
+            again_waiters: Vec::new(),
+            history: VecDeque::from([last.clone()]),
+            last,
+        }
+    }
+
+    pub fn busy(&self) -> bool {
+        self.compiling.is_some() || self.roll.is_some()
+    }
+
+    pub fn current(&self) -> &Artifact {
+        &self.current
+    }
+
+    /// (current version, previous version, generation)
+    pub fn versions(&self) -> (&str, Option<&str>, u64) {
+        (
+            &self.current.version,
+            self.previous.as_ref().map(|a| a.version.as_str()),
+            self.generation,
+        )
+    }
+
+    pub fn last(&self) -> &DeployOutcome {
+        &self.last
+    }
+
+    pub fn history(&self) -> impl Iterator<Item = &DeployOutcome> {
+        self.history.iter()
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        let roll = self.roll.as_ref()?;
+        roll.awaiting.map(|(_, t)| t).or(roll.stalled_until)
+    }
+}
+
+impl Core {
+    /// The handler file changed, SIGHUP, or `wcluster reload`: compile it.
+    pub(super) fn trigger(&mut self, now: Instant, waiter: Option<ControlId>) {
+        if matches!(self.phase, Phase::Draining { .. } | Phase::Done) {
+            if let Some(to) = waiter {
+                self.refuse(to, Refusal::ShuttingDown);
+            }
+            return;
+        }
+        let d = &mut self.deploys;
+        if d.busy() {
+            d.again = true;
+            d.again_waiters.extend(waiter);
+            return;
+        }
+        let mut waiters = std::mem::take(&mut d.again_waiters);
+        waiters.extend(waiter);
+        self.start_compile(now, waiters);
+    }
+
+    fn start_compile(&mut self, now: Instant, waiters: Vec<ControlId>) {
+        let d = &mut self.deploys;
+        let job = d.next_job;
+        d.next_job += 1;
+        d.again = false;
+        d.compiling = Some(Compiling {
+            job,
+            started: now,
+            waiters,
+        });
+        self.out.push(Effect::Compile(job));
+    }
+
+    pub(super) fn compiled(&mut self, now: Instant, job: JobId, result: Result<Artifact, String>) {
+        let d = &mut self.deploys;
+        if d.compiling.as_ref().is_none_or(|c| c.job != job) {
+            return;
+        }
+        let compiling = d.compiling.take().expect("checked above");
+        if d.again {
+            // The file changed again while this compiled: what was read may
+            // be half of a write. Read it again instead of rolling this.
+            let mut waiters = compiling.waiters;
+            waiters.append(&mut d.again_waiters);
+            self.start_compile(now, waiters);
+            return;
+        }
+        match result {
+            Err(message) => {
+                tracing::error!("deploy refused: {message}");
+                let outcome = DeployOutcome {
+                    kind: DeployKind::Deploy,
+                    version: None,
+                    result: DeployResult::Refused {
+                        error: DeployError::Compile { message },
+                    },
+                };
+                self.finish_deploy(now, compiling.waiters, outcome);
+            }
+            Ok(target)
+                if target.version == self.deploys.current.version
+                    && self.all_ready_on(&target.version) =>
+            {
+                tracing::info!(version = %target.version, "handler unchanged: nothing to deploy");
+                let outcome = DeployOutcome {
+                    kind: DeployKind::Deploy,
+                    version: Some(target.version),
+                    result: DeployResult::Unchanged,
+                };
+                self.finish_deploy(now, compiling.waiters, outcome);
+            }
+            Ok(target) => {
+                tracing::info!(
+                    version = %target.version,
+                    compiled = target.compiled,
+                    "rolling out version {}",
+                    target.version
+                );
+                self.start_roll(
+                    now,
+                    DeployKind::Deploy,
+                    compiling.started,
+                    compiling.waiters,
+                    target,
+                );
+            }
+        }
+    }
+
+    /// `wcluster rollback`: the previous good version, through the same roll.
+    pub(super) fn rollback(&mut self, now: Instant, to: ControlId) {
+        if matches!(self.phase, Phase::Draining { .. } | Phase::Done) {
+            return self.refuse(to, Refusal::ShuttingDown);
+        }
+        if self.deploys.busy() {
+            return self.refuse(to, Refusal::Busy);
+        }
+        let Some(target) = self.deploys.previous.clone() else {
+            return self.refuse(to, Refusal::NoPreviousVersion);
+        };
+        self.start_roll(now, DeployKind::Rollback, now, vec![to], target);
+    }
+
+    fn all_ready_on(&self, version: &str) -> bool {
+        self.slots
+            .iter()
+            .filter(|s| s.state == WorkerState::Ready)
+            .all(|s| s.version == version)
+    }
+
+    /// A worker is ready on an older version (it was spawned during a roll,
+    /// or its slot was refilled): bring it up to date with a roll of its own.
+    pub(super) fn catch_up(&mut self, now: Instant) {
+        if self.deploys.busy() || self.all_ready_on(&self.deploys.current.version.clone()) {
+            return;
+        }
+        let current = self.deploys.current.clone();
+        self.start_roll(now, DeployKind::CatchUp, now, Vec::new(), current);
+    }
+
+    fn start_roll(
+        &mut self,
+        now: Instant,
+        kind: DeployKind,
+        started: Instant,
+        waiters: Vec<ControlId>,
+        target: Artifact,
+    ) {
+        self.deploys.roll = Some(Roll {
+            kind,
+            started,
+            waiters,
+            from: self.deploys.current.clone(),
+            target,
+            attempted: HashSet::new(),
+            switched: 0,
+            awaiting: None,
+            stalled_until: None,
+            reverting: None,
+        });
+        self.advance(now);
+    }
+
+    /// A worker became ready: the roll may go on with it.
+    pub(super) fn roll_worker_ready(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    pub(super) fn roll_loaded(&mut self, now: Instant, worker: WorkerId, version: String) {
+        let Some(roll) = &mut self.deploys.roll else {
+            return;
+        };
+        if roll.awaiting.map(|(w, _)| w) != Some(worker) {
+            return;
+        }
+        roll.awaiting = None;
+        if roll.reverting.is_none() && version == roll.target.version {
+            roll.switched += 1;
+        }
+        self.advance(now);
+    }
+
+    pub(super) fn roll_load_failed(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        version: String,
+        message: String,
+    ) {
+        let Some(roll) = &mut self.deploys.roll else {
+            return;
+        };
+        if roll.awaiting.map(|(w, _)| w) != Some(worker) {
+            return;
+        }
+        roll.awaiting = None;
+        if roll.reverting.is_some() {
+            // It cannot go back to the last good version: replace it, so
+            // that no worker keeps serving the refused one.
+            tracing::error!(
+                worker = worker.index,
+                "worker refused the last good version {version} while rolling back: {message}; replacing it"
+            );
+            self.worker_gone(
+                now,
+                worker,
+                super::Gone::ChannelBroken("refused the last good version".into()),
+            );
+            self.advance(now);
+            return;
+        }
+        self.roll_failed(
+            now,
+            DeployError::WorkerRefused {
+                worker: worker.index,
+                message,
+            },
+        );
+    }
+
+    /// Called from `worker_gone`: if the roll was waiting for that worker,
+    /// the roll fails (or, when already reverting, goes on without it).
+    pub(super) fn roll_worker_lost(&mut self, now: Instant, worker: WorkerId) {
+        let Some(roll) = &mut self.deploys.roll else {
+            return;
+        };
+        if roll.awaiting.map(|(w, _)| w) != Some(worker) {
+            return;
+        }
+        roll.awaiting = None;
+        if roll.reverting.is_some() {
+            tracing::error!(
+                worker = worker.index,
+                "worker lost while rolling back; its replacement starts on the last good version"
+            );
+            self.advance(now);
+            return;
+        }
+        self.roll_failed(
+            now,
+            DeployError::WorkerLost {
+                worker: worker.index,
+            },
+        );
+    }
+
+    /// The worker loading the version did not answer in time: it is killed
+    /// and replaced, and the roll treats it as lost.
+    pub(super) fn roll_deadline(&mut self, now: Instant) {
+        let Some(roll) = &mut self.deploys.roll else {
+            return;
+        };
+        if roll.stalled_until.is_some_and(|t| now >= t) {
+            roll.stalled_until = None;
+            let after_ms = self.settings.load_timeout.as_millis() as u64;
+            self.roll_failed(now, DeployError::NoReadyWorker { after_ms });
+            return;
+        }
+        let Some((worker, deadline)) = roll.awaiting else {
+            return;
+        };
+        if now < deadline {
+            return;
+        }
+        let after_ms = self.settings.load_timeout.as_millis() as u64;
+        tracing::error!(
+            worker = worker.index,
+            "worker did not answer Load within {after_ms} ms: killing it"
+        );
+        roll.awaiting = None;
+        let reverting = roll.reverting.is_some();
+        self.worker_gone(
+            now,
+            worker,
+            super::Gone::ChannelBroken("did not answer Load".into()),
+        );
+        if reverting {
+            self.advance(now);
+        } else {
+            self.roll_failed(
+                now,
+                DeployError::WorkerTimedOut {
+                    worker: worker.index,
+                    after_ms,
+                },
+            );
+        }
+    }
+
+    fn roll_failed(&mut self, now: Instant, error: DeployError) {
+        let Some(roll) = &mut self.deploys.roll else {
+            return;
+        };
+        tracing::error!(
+            "roll of {} stopped: {error}; putting switched workers back on {}",
+            roll.target.version,
+            roll.from.version
+        );
+        roll.reverting = Some(error);
+        roll.attempted.clear();
+        self.advance(now);
+    }
+
+    /// Sends the roll's version to the next ready worker that needs it, or
+    /// ends the roll when none does.
+    fn advance(&mut self, now: Instant) {
+        let Some(roll) = &mut self.deploys.roll else {
+            return;
+        };
+        if roll.awaiting.is_some() {
+            return;
+        }
+        let goal = if roll.reverting.is_some() {
+            &roll.from
+        } else {
+            &roll.target
+        };
+        let next = self.slots.iter().enumerate().find_map(|(i, s)| {
+            let id = s.id(i);
+            (s.state == WorkerState::Ready
+                && s.version != goal.version
+                && !roll.attempted.contains(&id))
+            .then_some(id)
+        });
+        if let Some(worker) = next {
+            roll.stalled_until = None;
+            roll.attempted.insert(worker);
+            roll.awaiting = Some((worker, now + self.settings.load_timeout));
+            let msg = ToWorker::Load {
+                artifact: goal.path.clone(),
+                version: goal.version.clone(),
+            };
+            self.out.push(Effect::Send(worker, msg));
+            return;
+        }
+        // A new version goes live only through a canary: while no worker has
+        // taken it and some are still starting, wait for them (bounded).
+        let unproven = roll.reverting.is_none()
+            && roll.switched == 0
+            && roll.target.version != self.deploys.current.version;
+        if unproven {
+            let starting = (0..self.target)
+                .any(|i| self.slots.get(i).is_none_or(|s| s.state != WorkerState::Ready));
+            if starting {
+                roll.stalled_until
+                    .get_or_insert(now + self.settings.load_timeout);
+                return;
+            }
+        }
+        let roll = self.deploys.roll.take().expect("checked above");
+        self.finish_roll(now, roll);
+    }
+
+    fn finish_roll(&mut self, now: Instant, roll: Roll) {
+        let ms = now.saturating_duration_since(roll.started).as_millis() as u64;
+        let outcome = match roll.reverting {
+            None => {
+                let d = &mut self.deploys;
+                if roll.target.version != d.current.version {
+                    d.previous = Some(std::mem::replace(&mut d.current, roll.target.clone()));
+                    d.generation += 1;
+                }
+                let workers = self
+                    .slots
+                    .iter()
+                    .filter(|s| s.state == WorkerState::Ready && s.version == roll.target.version)
+                    .count();
+                if roll.kind != DeployKind::CatchUp {
+                    self.out.push(Effect::Announce(Announcement::Rolled {
+                        version: roll.target.version.clone(),
+                        workers,
+                        ms,
+                    }));
+                }
+                DeployResult::Rolled {
+                    generation: self.deploys.generation,
+                    workers,
+                    ms,
+                }
+            }
+            Some(error) => DeployResult::RolledBack {
+                error,
+                kept: roll.from.version.clone(),
+            },
+        };
+        let outcome = DeployOutcome {
+            kind: roll.kind,
+            version: Some(roll.target.version),
+            result: outcome,
+        };
+        tracing::info!(switched = roll.switched, "{outcome}");
+        self.finish_deploy(now, roll.waiters, outcome);
+    }
+
+    /// Records the outcome, answers the waiters, and starts the deploy that
+    /// was asked for meanwhile, if any.
+    fn finish_deploy(&mut self, now: Instant, waiters: Vec<ControlId>, outcome: DeployOutcome) {
+        let d = &mut self.deploys;
+        if outcome.kind != DeployKind::CatchUp {
+            d.last = outcome.clone();
+        }
+        d.history.push_back(outcome.clone());
+        while d.history.len() > HISTORY {
+            d.history.pop_front();
+        }
+        for to in waiters {
+            self.out
+                .push(Effect::Reply(to, Reply::Deploy(outcome.clone())));
+        }
+        if std::mem::take(&mut self.deploys.again) {
+            self.trigger(now, None);
+        }
+    }
+
+    /// Shutting down: deploys in progress end without an outcome; their
+    /// waiters are told.
+    pub(super) fn abandon_deploys(&mut self) {
+        let d = &mut self.deploys;
+        let mut waiters = std::mem::take(&mut d.again_waiters);
+        d.again = false;
+        if let Some(c) = d.compiling.take() {
+            waiters.extend(c.waiters);
+        }
+        if let Some(r) = d.roll.take() {
+            let outcome = DeployOutcome {
+                kind: r.kind,
+                version: Some(r.target.version.clone()),
+                result: DeployResult::Abandoned,
+            };
+            for to in r.waiters {
+                self.out
+                    .push(Effect::Reply(to, Reply::Deploy(outcome.clone())));
+            }
+        }
+        for to in waiters {
+            self.refuse(to, Refusal::ShuttingDown);
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The primary's control plane as one synchronous state machine that
+//! performs no I/O: the worker slots, the connections in transit, the roll,
+//! the deploy history and the scale target live here and nowhere else.
+//!
+//! The shell (primary/mod.rs) feeds it typed inputs with the time they
+//! happened (`handle(now, input)`) and performs the typed effects it returns,
+//! in order. It never touches a socket, a clock or tokio, so its tests drive
+//! it with simulated time (tests.rs, props.rs). When nothing happens, the
+//! shell still calls `handle(now, Input::Tick)` by `poll_timeout()`: every
+//! wait (a respawn, a worker loading a version, a drain, the debounce of
+//! file events, a status reply) has a deadline there.
+//!
+//! One `Core`, several files, one concern each: workers.rs (slots, spawn,
+//! "a worker is gone", backoff, liveness, scale), handoff.rs (connections),
+//! deploys.rs (compile, roll, rollback, history).
+
+mod deploys;
+mod handoff;
+mod workers;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::balancer::RoundRobin;
+use super::control::protocol::{Refusal, Reply, Request, Status};
+use crate::ipc::{ToPrimary, ToWorker};
+use crate::runtime::artifact::Artifact;
+use crate::signal::SignalEvent;
+
+pub use super::control::protocol::WorkerState;
+use deploys::Deploys;
+use workers::Slot;
+
+/// A worker process: its slot and which process in that slot (a slot's
+/// replacement gets a new generation, so late news of the old one is ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId {
+    pub index: usize,
+    pub generation: u64,
+}
+
+/// A connection the shell accepted and holds until the core says to close it.
+pub type ConnId = u64;
+/// A control client waiting for its reply.
+pub type ControlId = u64;
+/// One run of the compile child.
+pub type JobId = u64;
+
+/// Something that happened, as the shell saw it.
+#[derive(Debug)]
+pub enum Input {
+    /// The listener accepted a connection.
+    Accepted(ConnId),
+    /// Sending a connection to a worker failed: `full` when the worker's
+    /// channel was full (try another), otherwise the channel is broken.
+    ConnNotSent {
+        conn: ConnId,
+        worker: WorkerId,
+        full: bool,
+    },
+    /// The worker's process was started.
+    Spawned { worker: WorkerId, pid: u32 },
+    /// A message from a worker.
+    FromWorker(WorkerId, ToPrimary),
+    /// The worker's channel or process is gone, however the shell noticed.
+    WorkerGone(WorkerId, Gone),
+    /// The compile child finished (`Err` holds its message).
+    Compiled {
+        job: JobId,
+        result: Result<Artifact, String>,
+    },
+    Control(ControlId, Request),
+    Signal(SignalEvent),
+    /// The handler file changed on disk (debounced here).
+    FileChanged,
+    /// Time passed.
+    Tick,
+}
+
+/// How the shell noticed a worker was gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gone {
+    /// Its channel reached end of file.
+    ChannelClosed,
+    /// Writing to its channel failed.
+    ChannelBroken(String),
+    /// The process exited (reaped), with its status.
+    Exited(String),
+    /// The process could not be started.
+    SpawnFailed(String),
+}
+
+/// Something the shell must do, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Start a worker process in `worker.index` serving `artifact`; answer
+    /// with `Spawned` or `WorkerGone(SpawnFailed)`.
+    Spawn { worker: WorkerId, artifact: Artifact },
+    /// Send the connection's fd to the worker; answer `ConnNotSent` on failure.
+    SendConn { worker: WorkerId, conn: ConnId },
+    /// Close the primary's copy of the connection (the worker has it, or it
+    /// is refused).
+    CloseConn(ConnId),
+    /// Send a message to the worker (in order; no answer expected).
+    Send(WorkerId, ToWorker),
+    /// SIGKILL the worker's process.
+    Kill(WorkerId),
+    /// Stage, hash and compile the handler file; answer `Compiled`.
+    Compile(JobId),
+    Reply(ControlId, Reply),
+    /// A line for stdout, the contract tests and people read.
+    Announce(Announcement),
+    /// Close the listening socket (the drain has begun).
+    StopListening,
+    /// The primary is done: exit with this result.
+    Exit(Result<(), String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    /// Every worker is ready (once, at start-up).
+    Listening { workers: usize },
+    /// A deploy or rollback reached every ready worker.
+    Rolled {
+        version: String,
+        workers: usize,
+        ms: u64,
+    },
+}
+
+/// The core's limits and timings, from the checked configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub workers: usize,
+    pub max_workers: usize,
+    /// How long a worker may take to answer `Load` (smoke timeout + margin).
+    pub load_timeout: Duration,
+    pub liveness_timeout: Duration,
+    /// How long SIGTERM waits for workers before killing them.
+    pub drain_timeout: Duration,
+    pub debounce: Duration,
+}
+
+/// Extra time, beyond the drain timeout, before workers are killed.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How often the liveness of workers is checked.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+/// How long `status` waits for the workers' fresh counts.
+const STATUS_WAIT: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Workers are loading the first version; nothing announced yet.
+    Starting,
+    Running,
+    /// SIGTERM/SIGINT: workers finish and exit; killed at `kill_at`.
+    Draining { kill_at: Instant },
+    /// `Exit` was emitted.
+    Done,
+}
+
+/// A `status` request waiting for the workers' fresh counts.
+struct StatusWait {
+    to: ControlId,
+    waiting: HashSet<WorkerId>,
+    deadline: Instant,
+}
+
+pub struct Core {
+    settings: Settings,
+    phase: Phase,
+    slots: Vec<Slot>,
+    /// Workers asked for; slots at or past it are retired when they exit.
+    target: usize,
+    /// A scale asked for during a roll.
+    pending_target: Option<usize>,
+    next_generation: u64,
+    /// Processes started and not yet reaped (the drain waits for them).
+    unreaped: HashSet<WorkerId>,
+    balancer: RoundRobin,
+    in_transit: HashMap<ConnId, WorkerId>,
+    queue: VecDeque<ConnId>,
+    deploys: Deploys,
+    debounce_until: Option<Instant>,
+    next_liveness_check: Instant,
+    status_waits: Vec<StatusWait>,
+    out: Vec<Effect>,
+}
+
+impl Core {
+    /// A core serving `first`; the returned effects spawn the workers.
+    pub fn new(settings: Settings, first: Artifact, now: Instant) -> (Self, Vec<Effect>) {
+        let target = settings.workers.clamp(1, settings.max_workers.max(1));
+        let mut core = Core {
+            phase: Phase::Starting,
+            slots: Vec::new(),
+            target,
+            pending_target: None,
+            next_generation: 1,
+            unreaped: HashSet::new(),
+            balancer: RoundRobin::new(),
+            in_transit: HashMap::new(),
+            queue: VecDeque::new(),
+            deploys: Deploys::new(first),
+            debounce_until: None,
+            next_liveness_check: now + LIVENESS_CHECK,
+            status_waits: Vec::new(),
+            out: Vec::new(),
+            settings,
+        };
+        core.fill_slots(now);
+        let effects = std::mem::take(&mut core.out);
+        (core, effects)
+    }
+
+    /// Takes one input; returns what the shell must do about it.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Effect> {
+        if self.phase != Phase::Done {
+            self.on_input(now, input);
+            self.on_timers(now);
+            self.converge(now);
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// When the core next needs a `Tick`, at the latest.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Done {
+            return None;
+        }
+        let mut t = vec![self.next_liveness_check];
+        t.extend(self.slots.iter().filter_map(|s| s.respawn_at));
+        t.extend(
+            self.slots
+                .iter()
+                .filter(|s| s.state == WorkerState::Draining)
+                .filter_map(|s| s.drain_deadline),
+        );
+        t.extend(self.deploys.deadline());
+        t.extend(self.debounce_until);
+        t.extend(self.status_waits.iter().map(|w| w.deadline));
+        if let Phase::Draining { kill_at } = self.phase {
+            t.push(kill_at);
+        }
+        t.into_iter().min()
+    }
+
+    /// Whether the shell should accept connections now: not before the
+    /// first worker is ready, not while draining, and not while the
+    /// connections already waiting fill the queue (clients wait in the
+    /// kernel's backlog instead).
+    pub fn accepting(&self) -> bool {
+        matches!(self.phase, Phase::Running) && self.queue.len() < handoff::MAX_QUEUED
+    }
+
+    #[cfg(test)]
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    fn on_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Accepted(conn) => self.dispatch(conn),
+            Input::ConnNotSent { conn, worker, full } => {
+                self.conn_not_sent(now, conn, worker, full)
+            }
+            Input::Spawned { worker, pid } => {
+                if let Some(slot) = self.slot_of(worker) {
+                    slot.pid = Some(pid);
+                }
+            }
+            Input::FromWorker(worker, msg) => self.from_worker(now, worker, msg),
+            Input::WorkerGone(worker, why) => self.worker_gone(now, worker, why),
+            Input::Compiled { job, result } => self.compiled(now, job, result),
+            Input::Control(to, request) => self.control(now, to, request),
+            Input::Signal(signal) => self.signal(now, signal),
+            Input::FileChanged => {
+                if self.phase == Phase::Running || self.phase == Phase::Starting {
+                    self.debounce_until = Some(now + self.settings.debounce);
+                }
+            }
+            Input::Tick => {}
+        }
+    }
+
+    fn from_worker(&mut self, now: Instant, worker: WorkerId, msg: ToPrimary) {
+        let Some(slot) = self.slot_of(worker) else {
+            return;
+        };
+        slot.last_seen = now;
+        // It is reading its channel again.
+        slot.full = false;
+        match msg {
+            ToPrimary::Accepted { id } => self.conn_accepted(worker, id),
+            ToPrimary::Ready { version } => self.worker_ready(now, worker, version),
+            ToPrimary::Failed { error } => {
+                tracing::error!(
+                    worker = worker.index,
+                    "worker could not load the handler: {error}"
+                );
+                if self.phase == Phase::Starting {
+                    self.exit_now(Err(format!(
+                        "worker {} could not load the handler: {error}",
+                        worker.index
+                    )));
+                } else {
+                    self.worker_gone(now, worker, Gone::ChannelClosed);
+                }
+            }
+            ToPrimary::Loaded { version } => {
+                if let Some(slot) = self.slot_of(worker) {
+                    slot.version = version.clone();
+                }
+                self.roll_loaded(now, worker, version);
+            }
+            ToPrimary::LoadFailed { version, error } => {
+                self.roll_load_failed(now, worker, version, error)
+            }
+            ToPrimary::Stats {
+                requests,
+                in_flight,
+            } => {
+                if let Some(slot) = self.slot_of(worker) {
+                    slot.requests = requests;
+                    slot.in_flight = in_flight;
+                }
+                for wait in &mut self.status_waits {
+                    wait.waiting.remove(&worker);
+                }
+                self.answer_status_waits(now);
+            }
+        }
+        self.flush_queue();
+    }
+
+    fn control(&mut self, now: Instant, to: ControlId, request: Request) {
+        match request {
+            Request::Status => {
+                // Ask the ready workers for fresh counts; answer when all
+                // have, or at the deadline with what is known.
+                let waiting: HashSet<WorkerId> = self
+                    .live_workers()
+                    .filter(|(_, s)| s.state == WorkerState::Ready)
+                    .map(|(id, _)| id)
+                    .collect();
+                for &w in &waiting {
+                    self.out.push(Effect::Send(w, ToWorker::Report));
+                }
+                self.status_waits.push(StatusWait {
+                    to,
+                    waiting,
+                    deadline: now + STATUS_WAIT,
+                });
+                self.answer_status_waits(now);
+            }
+            Request::Reload => self.trigger(now, Some(to)),
+            Request::Rollback => self.rollback(now, to),
+            Request::Scale { workers } => self.scale_to(now, to, workers),
+        }
+    }
+
+    fn signal(&mut self, now: Instant, signal: SignalEvent) {
+        match signal {
+            SignalEvent::Shutdown => self.shutdown(now),
+            SignalEvent::Reload => {
+                tracing::info!("SIGHUP: reloading");
+                self.trigger(now, None);
+            }
+            SignalEvent::ScaleUp => {
+                let n = self.pending_target.unwrap_or(self.target) + 1;
+                self.scale(now, n);
+            }
+            SignalEvent::ScaleDown => {
+                let n = self.pending_target.unwrap_or(self.target).saturating_sub(1);
+                self.scale(now, n);
+            }
+        }
+    }
+
+    /// The deadlines that have passed.
+    fn on_timers(&mut self, now: Instant) {
+        if self.debounce_until.is_some_and(|t| now >= t) {
+            self.debounce_until = None;
+            tracing::info!("handler file changed");
+            self.trigger(now, None);
+        }
+        if now >= self.next_liveness_check {
+            self.check_liveness(now);
+        }
+        self.respawn_due(now);
+        self.roll_deadline(now);
+        if self.phase == Phase::Running {
+            self.drain_deadlines(now);
+        }
+        if self.status_waits.iter().any(|w| now >= w.deadline) {
+            for w in &mut self.status_waits {
+                if now >= w.deadline {
+                    w.waiting.clear();
+                }
+            }
+            self.answer_status_waits(now);
+        }
+        if let Phase::Draining { kill_at } = self.phase
+            && now >= kill_at
+        {
+            tracing::warn!("workers still running after the drain timeout: killing them");
+            let left: Vec<WorkerId> = self.unreaped.iter().copied().collect();
+            for w in left {
+                self.out.push(Effect::Kill(w));
+            }
+            self.exit_now(Ok(()));
+        }
+    }
+
+    /// After every input: start what the state calls for (a catch-up roll,
+    /// a pending scale), hand out waiting connections, and end the drain
+    /// once every worker is gone.
+    fn converge(&mut self, now: Instant) {
+        if self.phase == Phase::Running {
+            if !self.deploys.busy()
+                && let Some(target) = self.pending_target.take()
+            {
+                self.apply_scale(now, target);
+            }
+            self.catch_up(now);
+        }
+        self.flush_queue();
+        if matches!(self.phase, Phase::Draining { .. })
+            && self.unreaped.is_empty()
+            && self.slots.iter().all(|s| s.state == WorkerState::Exited)
+        {
+            self.exit_now(Ok(()));
+        }
+    }
+
+    fn answer_status_waits(&mut self, now: Instant) {
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.status_waits)
+            .into_iter()
+            .partition(|w| w.waiting.is_empty());
+        self.status_waits = waiting;
+        for w in done {
+            let status = self.status(now);
+            self.out.push(Effect::Reply(w.to, Reply::Status(status)));
+        }
+    }
+
+    /// The typed status, as `wcluster status --json` prints it.
+    pub fn status(&self, _now: Instant) -> Status {
+        let (current, previous, generation) = self.deploys.versions();
+        Status {
+            version: current.to_string(),
+            generation,
+            previous: previous.map(str::to_string),
+            deploying: self.deploys.busy(),
+            target_workers: self.target,
+            pending_target: self.pending_target,
+            last_deploy: self.deploys.last().clone(),
+            history: self.deploys.history().cloned().collect(),
+            workers: self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| s.status(i))
+                .collect(),
+            queued_connections: self.queue.len(),
+            connections_in_transit: self.in_transit.len(),
+        }
+    }
+
+    fn shutdown(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Starting => {
+                let all: Vec<WorkerId> = self.unreaped.iter().copied().collect();
+                for w in all {
+                    self.out.push(Effect::Kill(w));
+                }
+                self.exit_now(Ok(()));
+            }
+            Phase::Running => {
+                tracing::info!(
+                    "shutting down: draining workers (up to {:?})",
+                    self.settings.drain_timeout
+                );
+                self.out.push(Effect::StopListening);
+                // Connections waiting for a worker get one before the drain.
+                self.flush_queue();
+                self.phase = Phase::Draining {
+                    kill_at: now + self.settings.drain_timeout + KILL_GRACE,
+                };
+                self.abandon_deploys();
+                let live: Vec<WorkerId> = self.live_workers().map(|(id, _)| id).collect();
+                for w in live {
+                    self.drain_worker(now, w);
+                }
+                for conn in std::mem::take(&mut self.queue) {
+                    self.out.push(Effect::CloseConn(conn));
+                }
+                for wait in &mut self.status_waits {
+                    wait.waiting.clear();
+                }
+                self.answer_status_waits(now);
+                for s in &mut self.slots {
+                    s.respawn_at = None;
+                }
+            }
+            Phase::Draining { .. } | Phase::Done => {}
+        }
+    }
+
+    fn exit_now(&mut self, result: Result<(), String>) {
+        if self.phase == Phase::Done {
+            return;
+        }
+        if result.is_err() {
+            let all: Vec<WorkerId> = self.unreaped.iter().copied().collect();
+            for w in all {
+                self.out.push(Effect::Kill(w));
+            }
+        }
+        self.phase = Phase::Done;
+        for conn in std::mem::take(&mut self.queue) {
+            self.out.push(Effect::CloseConn(conn));
+        }
+        self.out.push(Effect::Exit(result));
+    }
+
+    fn refuse(&mut self, to: ControlId, reason: Refusal) {
+        self.out.push(Effect::Reply(to, Reply::Refused { reason }));
+    }
+}
