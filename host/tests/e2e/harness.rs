@@ -266,11 +266,12 @@ impl Server {
         pids.into_iter().collect()
     }
 
-    /// Runs `wcluster CMD` (status, reload, rollback) against this server;
-    /// (success, the JSON it printed).
+    /// Runs `wcluster CMD --json` (status, reload, rollback, "scale N")
+    /// against this server; (success, the JSON it printed).
     pub fn control(&self, cmd: &str) -> (bool, Value) {
         let out = wcluster()
-            .arg(cmd)
+            .args(cmd.split_whitespace())
+            .arg("--json")
             .arg("--control")
             .arg(&self.control)
             .output()
@@ -452,6 +453,13 @@ impl Traffic {
         let errors = self.errors.lock().unwrap().clone();
         (self.ok.load(std::sync::atomic::Ordering::Relaxed), errors)
     }
+}
+
+/// The error of a deploy outcome (status's `last_deploy`, or a reply) that
+/// failed, as text; None when it did not fail.
+pub fn deploy_error(outcome: &Value) -> Option<String> {
+    matches!(outcome["outcome"].as_str(), Some("refused" | "rolled_back"))
+        .then(|| outcome["error"].to_string())
 }
 
 /// Whether a process exists (and is not a zombie).

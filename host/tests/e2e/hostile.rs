@@ -410,9 +410,7 @@ fn compile_bomb_is_stopped_by_the_child_limits() {
     std::fs::write(&tmp, wat).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
     let status = server.wait_for_status(|s| {
-        s["last_deploy"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("--compile-timeout"))
+        deploy_error(&s["last_deploy"]).is_some_and(|e| e.contains("--compile-timeout"))
     });
     assert_eq!(status["workers"][0]["state"], "ready");
     assert_eq!(get(&fresh_client(), &server.url("/")).unwrap().0, 200);

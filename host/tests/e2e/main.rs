@@ -2,6 +2,7 @@
 //! from source (tests/handlers, examples/).
 
 mod cgi;
+mod chaos;
 mod deploy;
 mod examples;
 mod faults;
@@ -9,5 +10,6 @@ mod h2;
 mod harness;
 mod hostile;
 mod lifecycle;
+mod scale;
 mod serving;
 mod startup;
