@@ -13,6 +13,9 @@
 # worker), wrk gets core 0. Same connections and duration for every server.
 #
 #   bench/run.sh                 # DURATION=8 CONNS=32 by default
+#   SERVERS="wcluster native-hyper" bench/run.sh      # only these rows
+#   BASELINE=/path/to/old/wcluster bench/run.sh        # adds a wcluster-baseline
+#       row (another build, e.g. the commit before a change) for before/after
 # Prints a table (with each peer's ratio to wcluster) and writes
 # bench/results/run-*.json with the CPU model and date.
 set -euo pipefail
@@ -30,15 +33,20 @@ mkdir -p "$work" bench/results
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
-command -v node >/dev/null || need_apt+=(nodejs npm)
+servers=(${SERVERS:-wcluster wcluster-reuse wasmtime-serve wasmtime-pooling node-cluster native-hyper})
+[ -n "${BASELINE:-}" ] && servers=(wcluster-baseline "${servers[@]}")
+wants() { [[ " ${servers[*]} " == *" $1"* ]]; }
+wants node-cluster && { command -v node >/dev/null || need_apt+=(nodejs npm); }
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if [ "$("$tools/bin/wasmtime" --version 2>/dev/null | awk '{print $2}')" != "$WASMTIME_VERSION" ]; then
+if wants wasmtime && [ "$("$tools/bin/wasmtime" --version 2>/dev/null | awk '{print $2}')" != "$WASMTIME_VERSION" ]; then
   echo "bench: installing wasmtime-cli $WASMTIME_VERSION from crates.io (once; takes a while)" >&2
   cargo install -q --locked wasmtime-cli --version "$WASMTIME_VERSION" --root "$tools"
 fi
-[ -d bench/node/node_modules/express ] || (cd bench/node && npm install --silent --no-audit --no-fund --no-package-lock)
+if wants node-cluster && [ ! -d bench/node/node_modules/express ]; then
+  (cd bench/node && npm install --silent --no-audit --no-fund --no-package-lock)
+fi
 scripts/setup.sh
 cargo build --release -q -p wcluster -p native-hello
 cargo build --release -q --target wasm32-wasip2 -p hello -p echo
@@ -63,6 +71,8 @@ start_server() { # name port kind(get|post) -> pid in $server_pid
   case $name in
     wcluster) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
+    wcluster-baseline) taskset -c "$SERVER_CPU" "$BASELINE" serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache-baseline" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
     wcluster-reuse) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 1000 >"$work/$name.log" 2>&1 & ;;
     wasmtime-serve) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
@@ -104,7 +114,6 @@ run_wrk() { # url scenario -> "rps p50 p99 errors"
   ' "$work/wrk.out"
 }
 
-servers=(wcluster wcluster-reuse wasmtime-serve wasmtime-pooling node-cluster native-hyper)
 scenarios=(keepalive close post)
 declare -A result cold rss_idle rss_load
 for s in "${servers[@]}"; do

@@ -23,8 +23,14 @@ pub fn listen() -> Result<mpsc::UnboundedReceiver<SignalEvent>> {
         (SignalKind::terminate(), SignalEvent::Shutdown),
         (SignalKind::interrupt(), SignalEvent::Shutdown),
         (SignalKind::hangup(), SignalEvent::Reload),
-        (SignalKind::from_raw(nix::libc::SIGTTIN), SignalEvent::ScaleUp),
-        (SignalKind::from_raw(nix::libc::SIGTTOU), SignalEvent::ScaleDown),
+        (
+            SignalKind::from_raw(nix::libc::SIGTTIN),
+            SignalEvent::ScaleUp,
+        ),
+        (
+            SignalKind::from_raw(nix::libc::SIGTTOU),
+            SignalEvent::ScaleDown,
+        ),
     ] {
         let mut stream = signal(kind)?;
         let tx = tx.clone();

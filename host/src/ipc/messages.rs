@@ -49,4 +49,3 @@ pub fn decode<M: DeserializeOwned>(bytes: &[u8]) -> std::io::Result<M> {
     serde_json::from_slice(bytes)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
-

@@ -38,7 +38,11 @@ pub struct Processes {
 }
 
 impl Processes {
-    pub fn new(init: WorkerInit, log_format: LogFormat, inputs: mpsc::UnboundedSender<Input>) -> Self {
+    pub fn new(
+        init: WorkerInit,
+        log_format: LogFormat,
+        inputs: mpsc::UnboundedSender<Input>,
+    ) -> Self {
         Self {
             procs: HashMap::new(),
             inputs,
@@ -90,8 +94,11 @@ impl Processes {
         tokio::spawn(async move {
             while let Some(msg) = queued.recv().await {
                 if let Err(e) = c.send(&msg, None).await {
-                    tx.send(Input::WorkerGone(worker, Gone::ChannelBroken(e.to_string())))
-                        .ok();
+                    tx.send(Input::WorkerGone(
+                        worker,
+                        Gone::ChannelBroken(e.to_string()),
+                    ))
+                    .ok();
                     return;
                 }
             }
@@ -120,7 +127,8 @@ impl Processes {
                 Ok(s) => s.to_string(),
                 Err(e) => format!("unknown ({e})"),
             };
-            tx.send(Input::WorkerGone(worker, Gone::Exited(status))).ok();
+            tx.send(Input::WorkerGone(worker, Gone::Exited(status)))
+                .ok();
         });
         self.procs.insert(worker, Proc { chan, outbox, kill });
         tracing::debug!(worker = worker.index, pid, "worker spawned");
@@ -129,10 +137,20 @@ impl Processes {
 
     /// Sends a connection's fd without waiting: `WouldBlock` when the
     /// worker's channel is full, so one stuck worker cannot stall the loop.
-    pub fn send_conn(&self, worker: WorkerId, id: u64, stream: &std::net::TcpStream) -> io::Result<()> {
+    pub fn send_conn(
+        &self,
+        worker: WorkerId,
+        id: u64,
+        stream: &std::net::TcpStream,
+    ) -> io::Result<()> {
         match self.procs.get(&worker) {
-            Some(p) => p.chan.try_send(&ToWorker::Conn { id }, Some(stream.as_fd())),
-            None => Err(io::Error::new(io::ErrorKind::NotConnected, "worker is gone")),
+            Some(p) => p
+                .chan
+                .try_send(&ToWorker::Conn { id }, Some(stream.as_fd())),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "worker is gone",
+            )),
         }
     }
 

@@ -46,7 +46,10 @@ pub fn compile_main(args: CompileArgs) -> Result<()> {
     };
     // A new file (O_EXCL) renamed into place: a reader never sees half an
     // artifact, and nothing planted under the temporary name is followed.
-    let dir = args.output.parent().context("the artifact path has no directory")?;
+    let dir = args
+        .output
+        .parent()
+        .context("the artifact path has no directory")?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".artifact-")
         .tempfile_in(dir)
@@ -58,4 +61,3 @@ pub fn compile_main(args: CompileArgs) -> Result<()> {
         .with_context(|| format!("cannot write artifact `{}`", args.output.display()))?;
     Ok(())
 }
-

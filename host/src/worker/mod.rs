@@ -129,7 +129,13 @@ async fn run(fd: OwnedFd) -> Result<()> {
             Err(e) => tracing::warn!("bad message from the primary: {e}"),
         }
     }
-    drain(&ctx, &connections, init.limits.max_connections, init.drain_timeout).await;
+    drain(
+        &ctx,
+        &connections,
+        init.limits.max_connections,
+        init.drain_timeout,
+    )
+    .await;
     if tokio::time::timeout(init.drain_timeout, graceful.shutdown())
         .await
         .is_err()
@@ -153,9 +159,7 @@ async fn drain(
 ) {
     ctx.start_draining();
     let grace = tokio::time::Instant::now() + DRAIN_GRACE.min(drain_timeout);
-    while connections.available_permits() < max_connections
-        && tokio::time::Instant::now() < grace
-    {
+    while connections.available_permits() < max_connections && tokio::time::Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

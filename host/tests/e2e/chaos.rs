@@ -83,10 +83,7 @@ fn redeploys_kills_and_scaling_under_load_converge() {
     let file = dir.join("handler.wasm");
     std::fs::copy(&g.v1, &file).unwrap();
     // A slow smoke check widens the window for killing the canary in it.
-    let server = Server::start(
-        &file,
-        &["--workers", "3", "--smoke-path", "/slow?ms=300"],
-    );
+    let server = Server::start(&file, &["--workers", "3", "--smoke-path", "/slow?ms=300"]);
     const KEEPALIVE: usize = 12;
     const FRESH: usize = 4;
     let traffic = Traffic::start(&server, KEEPALIVE, FRESH, one_version);
@@ -121,9 +118,11 @@ fn redeploys_kills_and_scaling_under_load_converge() {
             .unwrap();
             kills += 1;
             let s = server.wait_for_status(|s| s["deploying"] == false);
-            let lost = s["history"].as_array().unwrap().iter().any(|d| {
-                d["outcome"] == "rolled_back" && d["error"]["cause"] == "worker_lost"
-            });
+            let lost = s["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["outcome"] == "rolled_back" && d["error"]["cause"] == "worker_lost");
             assert!(lost, "the roll did not stop for its lost canary: {s:#}");
             canaries_killed += 1;
             continue;
@@ -154,12 +153,15 @@ fn redeploys_kills_and_scaling_under_load_converge() {
         }
         std::thread::sleep(Duration::from_millis(rng.below(400)));
     }
+    server.wait_for_status(converged);
+    // The file may hold a version whose roll a kill stopped: deploy what
+    // it holds, then one more deploy must reach every worker.
+    let (ok, reply) = server.control("reload");
+    assert!(ok, "{reply:#}");
     let status = server.wait_for_status(converged);
     let current = status["version"].as_str().unwrap().to_string();
-    // One more deploy reaches every worker.
     let before = server.rolls().len();
-    let content = std::fs::read(&file).unwrap();
-    let next = if content == std::fs::read(&g.v1).unwrap() {
+    let next = if std::fs::read(&file).unwrap() == std::fs::read(&g.v1).unwrap() {
         &g.v2
     } else {
         &g.v1

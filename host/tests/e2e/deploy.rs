@@ -124,8 +124,8 @@ fn bad_versions_never_go_live() {
         let tmp = file.with_extension("tmp");
         std::fs::write(&tmp, &content).unwrap();
         std::fs::rename(&tmp, &file).unwrap();
-        let status =
-            server.wait_for_status(|s| deploy_error(&s["last_deploy"]).is_some_and(|e| e.contains(why)));
+        let status = server
+            .wait_for_status(|s| deploy_error(&s["last_deploy"]).is_some_and(|e| e.contains(why)));
         assert_eq!(status["deploying"], false, "{name}");
         assert_all_workers_on(&server, &v1);
     }

@@ -445,9 +445,9 @@ impl Traffic {
     }
 
     /// Stops the clients; (responses accepted, errors).
-    pub fn finish(self) -> (usize, Vec<String>) {
+    pub fn finish(mut self) -> (usize, Vec<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             t.join().unwrap();
         }
         let errors = self.errors.lock().unwrap().clone();
@@ -460,6 +460,14 @@ impl Traffic {
 pub fn deploy_error(outcome: &Value) -> Option<String> {
     matches!(outcome["outcome"].as_str(), Some("refused" | "rolled_back"))
         .then(|| outcome["error"].to_string())
+}
+
+/// A test that fails with traffic running must not leave its clients
+/// hammering a dead server through the tests after it.
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Whether a process exists (and is not a zombie).

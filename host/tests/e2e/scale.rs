@@ -19,9 +19,7 @@ fn ready_workers(s: &Value) -> usize {
 
 /// Waits until exactly `n` workers exist and all are ready.
 fn wait_for_workers(server: &Server, n: usize) -> Value {
-    server.wait_for_status(|s| {
-        s["workers"].as_array().unwrap().len() == n && ready_workers(s) == n
-    })
+    server.wait_for_status(|s| s["workers"].as_array().unwrap().len() == n && ready_workers(s) == n)
 }
 
 /// The worker indexes that served requests since the access log had `from` lines.
@@ -109,5 +107,8 @@ fn status_counts_are_fresh_and_readable() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success());
     assert!(text.contains("WORKER") && text.contains("ready"), "{text}");
-    assert!(text.lines().filter(|l| l.contains(" ready ")).count() == 2, "{text}");
+    assert!(
+        text.lines().filter(|l| l.contains(" ready ")).count() == 2,
+        "{text}"
+    );
 }

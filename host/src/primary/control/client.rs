@@ -88,7 +88,11 @@ fn status_table(s: &Status) -> String {
             w.index,
             w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             state,
-            if w.version.is_empty() { "-" } else { &w.version },
+            if w.version.is_empty() {
+                "-"
+            } else {
+                &w.version
+            },
             w.requests,
             w.in_flight,
             w.restarts

@@ -44,8 +44,14 @@ pub enum Refusal {
     Busy,
     NoPreviousVersion,
     ShuttingDown,
-    WorkersOutOfRange { asked: usize, min: usize, max: usize },
-    BadRequest { error: String },
+    WorkersOutOfRange {
+        asked: usize,
+        min: usize,
+        max: usize,
+    },
+    BadRequest {
+        error: String,
+    },
 }
 
 impl fmt::Display for Refusal {

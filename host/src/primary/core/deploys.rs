@@ -435,8 +435,11 @@ impl Core {
             && roll.switched == 0
             && roll.target.version != self.deploys.current.version;
         if unproven {
-            let starting = (0..self.target)
-                .any(|i| self.slots.get(i).is_none_or(|s| s.state != WorkerState::Ready));
+            let starting = (0..self.target).any(|i| {
+                self.slots
+                    .get(i)
+                    .is_none_or(|s| s.state != WorkerState::Ready)
+            });
             if starting {
                 roll.stalled_until
                     .get_or_insert(now + self.settings.load_timeout);

@@ -64,7 +64,10 @@ pub enum Input {
         full: bool,
     },
     /// The worker's process was started.
-    Spawned { worker: WorkerId, pid: u32 },
+    Spawned {
+        worker: WorkerId,
+        pid: u32,
+    },
     /// A message from a worker.
     FromWorker(WorkerId, ToPrimary),
     /// The worker's channel or process is gone, however the shell noticed.
@@ -100,9 +103,15 @@ pub enum Gone {
 pub enum Effect {
     /// Start a worker process in `worker.index` serving `artifact`; answer
     /// with `Spawned` or `WorkerGone(SpawnFailed)`.
-    Spawn { worker: WorkerId, artifact: Artifact },
+    Spawn {
+        worker: WorkerId,
+        artifact: Artifact,
+    },
     /// Send the connection's fd to the worker; answer `ConnNotSent` on failure.
-    SendConn { worker: WorkerId, conn: ConnId },
+    SendConn {
+        worker: WorkerId,
+        conn: ConnId,
+    },
     /// Close the primary's copy of the connection (the worker has it, or it
     /// is refused).
     CloseConn(ConnId),
@@ -159,7 +168,9 @@ enum Phase {
     Starting,
     Running,
     /// SIGTERM/SIGINT: workers finish and exit; killed at `kill_at`.
-    Draining { kill_at: Instant },
+    Draining {
+        kill_at: Instant,
+    },
     /// `Exit` was emitted.
     Done,
 }
@@ -274,7 +285,7 @@ impl Core {
                     slot.pid = Some(pid);
                 }
             }
-            Input::FromWorker(worker, msg) => self.from_worker(now, worker, msg),
+            Input::FromWorker(worker, msg) => self.worker_said(now, worker, msg),
             Input::WorkerGone(worker, why) => self.worker_gone(now, worker, why),
             Input::Compiled { job, result } => self.compiled(now, job, result),
             Input::Control(to, request) => self.control(now, to, request),
@@ -288,7 +299,7 @@ impl Core {
         }
     }
 
-    fn from_worker(&mut self, now: Instant, worker: WorkerId, msg: ToPrimary) {
+    fn worker_said(&mut self, now: Instant, worker: WorkerId, msg: ToPrimary) {
         let Some(slot) = self.slot_of(worker) else {
             return;
         };

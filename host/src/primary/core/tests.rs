@@ -181,9 +181,11 @@ fn a_worker_failing_at_start_up_ends_the_primary_with_its_error() {
             error: "bad".into(),
         },
     ));
-    assert!(fx.iter().any(
-        |e| matches!(e, Effect::Exit(Err(m)) if m.contains("worker 1") && m.contains("bad"))
-    ));
+    assert!(
+        fx.iter().any(
+            |e| matches!(e, Effect::Exit(Err(m)) if m.contains("worker 1") && m.contains("bad"))
+        )
+    );
     assert!(sim.core.is_done());
 }
 
@@ -199,10 +201,16 @@ fn connections_go_round_robin_and_are_held_until_acknowledged() {
         }
     }
     assert_eq!(targets, [0, 1, 0, 1]);
-    let fx = sim.input(Input::FromWorker(sim.worker(0), ToPrimary::Accepted { id: 1 }));
+    let fx = sim.input(Input::FromWorker(
+        sim.worker(0),
+        ToPrimary::Accepted { id: 1 },
+    ));
     assert_eq!(fx, [Effect::CloseConn(1)]);
     // A worker cannot acknowledge another's connection.
-    let fx = sim.input(Input::FromWorker(sim.worker(0), ToPrimary::Accepted { id: 2 }));
+    let fx = sim.input(Input::FromWorker(
+        sim.worker(0),
+        ToPrimary::Accepted { id: 2 },
+    ));
     assert!(fx.is_empty());
     assert_eq!(sim.core.in_transit.len(), 3);
 }
@@ -225,7 +233,10 @@ fn a_lost_workers_unacknowledged_connections_go_to_another() {
         .collect();
     assert_eq!(resent, [1, 3]);
     // A replacement is spawned at once (first death: no backoff).
-    assert!(fx.iter().any(|e| matches!(e, Effect::Spawn { worker, .. } if worker.index == 0)));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Spawn { worker, .. } if worker.index == 0))
+    );
 }
 
 #[test]
@@ -284,10 +295,20 @@ fn a_roll_goes_through_every_worker_canary_first() {
         ms: 40
     })));
     let d = deploy_reply(&fx, 9);
-    assert!(matches!(d.result, DeployResult::Rolled { generation: 2, workers: 3, .. }));
+    assert!(matches!(
+        d.result,
+        DeployResult::Rolled {
+            generation: 2,
+            workers: 3,
+            ..
+        }
+    ));
     assert_eq!(sim.versions(), all_ready("v2", 3));
     let s = sim.core.status(sim.now);
-    assert_eq!((s.version.as_str(), s.previous.as_deref()), ("v2", Some("v1")));
+    assert_eq!(
+        (s.version.as_str(), s.previous.as_deref()),
+        ("v2", Some("v1"))
+    );
     assert!(!s.deploying);
 }
 
@@ -344,7 +365,8 @@ fn a_later_refusal_puts_switched_workers_back() {
 /// next reload is not refused as busy.
 #[test]
 fn a_worker_lost_during_the_canary_ends_the_roll_whoever_noticed() {
-    let paths: Vec<Box<dyn Fn(&mut Sim, WorkerId) -> Vec<Effect>>> = vec![
+    type Notice = Box<dyn Fn(&mut Sim, WorkerId) -> Vec<Effect>>;
+    let paths: Vec<Notice> = vec![
         Box::new(|s, w| s.gone(w, Gone::ChannelClosed)),
         Box::new(|s, w| s.gone(w, Gone::Exited("signal 9".into()))),
         Box::new(|s, w| s.gone(w, Gone::ChannelBroken("EPIPE".into()))),
@@ -390,7 +412,10 @@ fn a_worker_lost_during_the_canary_ends_the_roll_whoever_noticed() {
         );
         assert!(!sim.core.deploys.busy(), "path {i}");
         let fx = sim.input(Input::Control(2, Request::Reload));
-        assert!(compile_job(&fx).is_some(), "path {i}: reload refused: {fx:?}");
+        assert!(
+            compile_job(&fx).is_some(),
+            "path {i}: reload refused: {fx:?}"
+        );
     }
 }
 
@@ -442,7 +467,10 @@ fn a_refused_revert_replaces_the_worker() {
         },
     ));
     assert!(fx.contains(&Effect::Kill(w0)));
-    assert!(matches!(deploy_reply(&fx, 1).result, DeployResult::RolledBack { .. }));
+    assert!(matches!(
+        deploy_reply(&fx, 1).result,
+        DeployResult::RolledBack { .. }
+    ));
     // No worker serves v2 any more.
     assert!(sim.core.slots.iter().all(|s| s.version != "v2"));
 }
@@ -509,7 +537,11 @@ fn a_worker_replaced_during_a_roll_catches_up_after_it() {
     assert!(!fx.iter().any(|e| matches!(e, Effect::Announce(_))));
     assert_eq!(sim.versions(), all_ready("v2", 2));
     let s = sim.core.status(sim.now);
-    assert_eq!(s.last_deploy.kind, DeployKind::Deploy, "catch-up is not the last deploy");
+    assert_eq!(
+        s.last_deploy.kind,
+        DeployKind::Deploy,
+        "catch-up is not the last deploy"
+    );
     assert_eq!(s.history.last().unwrap().kind, DeployKind::CatchUp);
 }
 
@@ -621,7 +653,10 @@ fn scaling_up_spawns_and_scaling_down_drains_the_highest() {
     for i in [3, 1, 2] {
         let w = sim.worker(i);
         let fx = sim.gone(w, Gone::ChannelClosed);
-        assert!(!fx.iter().any(|e| matches!(e, Effect::Spawn { .. })), "{fx:?}");
+        assert!(
+            !fx.iter().any(|e| matches!(e, Effect::Spawn { .. })),
+            "{fx:?}"
+        );
         sim.gone(w, Gone::Exited("exit status: 0".into()));
     }
     assert_eq!(sim.core.slots.len(), 1, "retired slots are dropped");
@@ -640,13 +675,19 @@ fn scaling_up_spawns_and_scaling_down_drains_the_highest() {
 fn signals_scale_by_one_with_a_floor_of_one() {
     let mut sim = Sim::running(1);
     let fx = sim.input(Input::Signal(SignalEvent::ScaleUp));
-    assert!(fx.iter().any(|e| matches!(e, Effect::Spawn { worker, .. } if worker.index == 1)));
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Spawn { worker, .. } if worker.index == 1))
+    );
     let w1 = sim.worker(1);
     sim.ready(w1, "v1");
     let fx = sim.input(Input::Signal(SignalEvent::ScaleDown));
     assert!(fx.contains(&Effect::Send(w1, ToWorker::Drain)));
     let fx = sim.input(Input::Signal(SignalEvent::ScaleDown));
-    assert!(!fx.iter().any(|e| matches!(e, Effect::Send(_, ToWorker::Drain))));
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Send(_, ToWorker::Drain)))
+    );
     assert_eq!(sim.core.target, 1);
 }
 
@@ -660,7 +701,10 @@ fn scaling_during_a_roll_waits_for_it_to_end() {
     assert!(matches!(reply(&fx, 2), Some(Reply::Scale(s)) if s.deferred));
     assert!(!fx.iter().any(|e| matches!(e, Effect::Spawn { .. })));
     let fx = sim.input(Input::Signal(SignalEvent::ScaleDown));
-    assert!(!fx.iter().any(|e| matches!(e, Effect::Send(_, ToWorker::Drain))));
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Send(_, ToWorker::Drain)))
+    );
     assert_eq!(sim.core.status(sim.now).pending_target, Some(2));
     sim.input(Input::Control(3, Request::Scale { workers: 1 }));
     let fx = sim.loaded(w0, "v2");

@@ -359,7 +359,11 @@ impl Core {
         if workers == self.target {
             return;
         }
-        tracing::info!(from = self.target, to = workers, "scaling to {workers} workers");
+        tracing::info!(
+            from = self.target,
+            to = workers,
+            "scaling to {workers} workers"
+        );
         self.target = workers;
         let retiring: Vec<WorkerId> = self
             .live_workers()
