@@ -123,9 +123,22 @@ pub struct LimitArgs {
     #[arg(long, default_value = "16MiB")]
     pub max_body: ByteSize,
 
-    /// Time a client has to send the request headers.
+    /// Time a client has to send the request headers; on a new connection,
+    /// also the time it has to send its first bytes (or HTTP/2 preface).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How often an HTTP/2 connection that has been silent is sent a PING.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub h2_keepalive_interval: Duration,
+
+    /// How long the answer to an HTTP/2 PING may take before the connection is closed.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub h2_keepalive_timeout: Duration,
 
     /// Open client connections per worker; more are closed at once.
     #[arg(long, default_value_t = 1024)]

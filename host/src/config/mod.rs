@@ -75,6 +75,13 @@ impl Config {
             !l.header_timeout.is_zero(),
             "--header-timeout must be more than 0"
         );
+        for (flag, value) in [
+            ("--idle-timeout", l.idle_timeout),
+            ("--h2-keepalive-interval", l.h2_keepalive_interval),
+            ("--h2-keepalive-timeout", l.h2_keepalive_timeout),
+        ] {
+            ensure!(!value.is_zero(), "{flag} must be more than 0");
+        }
         ensure!(
             l.max_connections > 0,
             "--max-connections must be more than 0"
@@ -122,6 +129,9 @@ impl Config {
                 timeout: l.request_timeout,
                 max_body: l.max_body.as_u64(),
                 header_timeout: l.header_timeout,
+                idle_timeout: l.idle_timeout,
+                h2_keepalive_interval: l.h2_keepalive_interval,
+                h2_keepalive_timeout: l.h2_keepalive_timeout,
                 max_connections: l.max_connections,
                 max_concurrent: l.max_concurrent,
             },

@@ -20,8 +20,18 @@ pub struct RequestLimits {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub max_body: u64,
+    /// Also bounds a new connection's first bytes (its HTTP/2 preface).
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// A connection with no request in flight this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING after this long without a frame from the client...
+    #[serde(with = "humantime_serde")]
+    pub h2_keepalive_interval: Duration,
+    /// ...and the connection closed if it is not answered within this.
+    #[serde(with = "humantime_serde")]
+    pub h2_keepalive_timeout: Duration,
     pub max_connections: usize,
     pub max_concurrent: u32,
 }

@@ -70,13 +70,13 @@ pub fn cgi_env(parts: &http::request::Parts, conn: Option<ConnInfo>) -> Vec<(Str
         ),
         ("SERVER_PROTOCOL".into(), format!("{:?}", parts.version)),
     ];
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(parts.uri.host())
-        .unwrap_or("localhost");
-    let server_name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    // The request's authority, from the same source a component's comes
+    // from: an absolute-form target's (or HTTP/2's :authority), else Host.
+    let authority = parts.uri.authority().cloned().or_else(|| {
+        let host = parts.headers.get(header::HOST)?.to_str().ok()?;
+        host.parse::<http::uri::Authority>().ok()
+    });
+    let server_name = authority.as_ref().map_or("localhost", |a| a.host());
     env.push(("SERVER_NAME".into(), server_name.to_string()));
     if let Some(local) = conn.and_then(|c| c.local) {
         env.push(("SERVER_PORT".into(), local.port().to_string()));
@@ -86,6 +86,12 @@ pub fn cgi_env(parts: &http::request::Parts, conn: Option<ConnInfo>) -> Vec<(Str
         env.push(("REMOTE_PORT".into(), peer.port().to_string()));
     }
     for (name, value) in &parts.headers {
+        // `X_Remote_User` would become the same HTTP_X_REMOTE_USER as
+        // `X-Remote-User`, which proxies in front strip or set: names with
+        // `_` are dropped, as Apache and nginx do.
+        if name.as_str().contains('_') {
+            continue;
+        }
         let Ok(value) = value.to_str() else { continue };
         let var = match *name {
             header::CONTENT_TYPE => "CONTENT_TYPE".to_string(),
@@ -325,5 +331,44 @@ mod tests {
         assert_eq!(env["GATEWAY_INTERFACE"], "CGI/1.1");
         assert_eq!(env["SERVER_PROTOCOL"], "HTTP/1.1");
         assert!(!env.contains_key("HTTP_CONTENT_TYPE"));
+    }
+
+    fn env_of(req: http::Request<()>) -> std::collections::HashMap<String, String> {
+        cgi_env(&req.into_parts().0, None).into_iter().collect()
+    }
+
+    #[test]
+    fn header_names_with_underscores_are_dropped() {
+        let env = env_of(
+            http::Request::get("/")
+                .header("host", "x")
+                .header("x-forwarded-for", "10.0.0.1")
+                .header("x_forwarded_for", "6.6.6.6")
+                .header("x_remote_user", "admin")
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(env["HTTP_X_FORWARDED_FOR"], "10.0.0.1");
+        assert!(!env.contains_key("HTTP_X_REMOTE_USER"));
+    }
+
+    #[test]
+    fn server_name_comes_from_the_target_authority_then_host() {
+        let named =
+            |req: http::request::Builder| env_of(req.body(()).unwrap())["SERVER_NAME"].clone();
+        let absolute = http::Request::get("http://example.org:9999/p").header("host", "other.test");
+        assert_eq!(named(absolute), "example.org");
+        assert_eq!(
+            named(http::Request::get("/").header("host", "a.test:81")),
+            "a.test"
+        );
+        assert_eq!(
+            named(http::Request::get("/").header("host", "[::1]:8080")),
+            "[::1]"
+        );
+        assert_eq!(
+            named(http::Request::get("/").header("host", "[::1]")),
+            "[::1]"
+        );
     }
 }

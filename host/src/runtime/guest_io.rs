@@ -16,6 +16,9 @@ const MAX_LINE: usize = 16 * 1024;
 /// Lines one request may put in the log; the rest are counted and dropped,
 /// so a guest printing in a loop cannot flood the log or slow the worker.
 const MAX_LINES: u32 = 1000;
+/// Bytes one request may put in the log (per stream), for output with few
+/// or no newlines, which the line cap alone lets through 16 KiB at a time.
+const MAX_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
 pub struct GuestLog {
@@ -27,7 +30,9 @@ struct LineBuf {
     request: Arc<str>,
     buf: Vec<u8>,
     lines: u32,
+    bytes: usize,
     dropped: u64,
+    dropped_bytes: u64,
 }
 
 impl GuestLog {
@@ -38,13 +43,19 @@ impl GuestLog {
                 request,
                 buf: Vec::new(),
                 lines: 0,
+                bytes: 0,
                 dropped: 0,
+                dropped_bytes: 0,
             })),
         }
     }
 
     fn push(&self, bytes: &[u8]) {
         let mut lb = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if lb.bytes >= MAX_BYTES {
+            lb.dropped_bytes += bytes.len() as u64;
+            return;
+        }
         lb.buf.extend_from_slice(bytes);
         while let Some(pos) = lb.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = lb.buf.drain(..=pos).collect();
@@ -63,8 +74,16 @@ impl LineBuf {
             self.dropped += 1;
             return;
         }
+        let room = MAX_BYTES.saturating_sub(self.bytes);
+        if room == 0 {
+            self.dropped_bytes += line.len() as u64;
+            return;
+        }
+        let kept = line.len().min(room);
+        self.dropped_bytes += (line.len() - kept) as u64;
+        self.bytes += kept;
         self.lines += 1;
-        let text = String::from_utf8_lossy(line);
+        let text = String::from_utf8_lossy(&line[..kept]);
         tracing::info!(target: "guest", request = %self.request, stream = self.stream, "{}", text.trim_end_matches('\r'));
     }
 }
@@ -82,6 +101,15 @@ impl Drop for LineBuf {
                 stream = self.stream,
                 "{} more lines dropped (limit: {MAX_LINES} per request)",
                 self.dropped
+            );
+        }
+        if self.dropped_bytes > 0 {
+            tracing::warn!(
+                target: "guest",
+                request = %self.request,
+                stream = self.stream,
+                "{} more bytes dropped (limit: {MAX_BYTES} bytes per request)",
+                self.dropped_bytes
             );
         }
     }
@@ -135,5 +163,42 @@ impl AsyncWrite for GuestLog {
     }
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(log: &GuestLog) -> (u32, usize, u64, u64) {
+        let lb = log.inner.lock().unwrap();
+        (lb.lines, lb.bytes, lb.dropped, lb.dropped_bytes)
+    }
+
+    #[test]
+    fn output_without_newlines_is_capped_in_bytes() {
+        let log = GuestLog::new("stdout", "0-1".into());
+        let chunk = vec![b'x'; 10_000];
+        for _ in 0..500 {
+            log.push(&chunk);
+        }
+        let (_, bytes, dropped, dropped_bytes) = counts(&log);
+        assert_eq!(bytes, MAX_BYTES);
+        assert_eq!(dropped, 0);
+        // What was not logged is counted, except what still waits in the
+        // buffer for its newline.
+        let buffered = log.inner.lock().unwrap().buf.len() as u64;
+        assert_eq!(dropped_bytes + buffered + MAX_BYTES as u64, 5_000_000);
+    }
+
+    #[test]
+    fn the_line_cap_still_counts_lines() {
+        let log = GuestLog::new("stdout", "0-1".into());
+        for _ in 0..1500 {
+            log.push(b"a short line\n");
+        }
+        let (lines, bytes, dropped, dropped_bytes) = counts(&log);
+        assert_eq!((lines, dropped, dropped_bytes), (MAX_LINES, 500, 0));
+        assert_eq!(bytes, 1000 * "a short line".len());
     }
 }

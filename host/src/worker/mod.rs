@@ -12,6 +12,7 @@
 
 mod connection;
 mod deploy;
+mod edge;
 mod service;
 
 use std::os::fd::OwnedFd;

@@ -127,6 +127,10 @@ async fn respond(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
     }
+    // Host missing, repeated or invalid: refused before any guest runs.
+    if let Some((status, why)) = super::edge::host_problem(&req) {
+        return error(status, format!("{why}\n"));
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -4,6 +4,7 @@
 mod cgi;
 mod chaos;
 mod deploy;
+mod edges;
 mod examples;
 mod faults;
 mod h2;

@@ -28,6 +28,21 @@ fn handle(req: Request) -> Response {
         "/flood" => loop {
             println!("flooding the log");
         },
+        // `mb` MiB of output without a newline: the log cap must count bytes.
+        "/flood-bytes" => {
+            let mb: usize = param("mb").and_then(|v| v.parse().ok()).unwrap_or(32);
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut out = std::io::stdout().lock();
+            for _ in 0..mb * 16 {
+                std::io::Write::write_all(&mut out, &chunk).expect("write stdout");
+            }
+            text(format!("wrote {mb} MiB\n"))
+        }
+        // The authority the host gave the request.
+        "/authority" => text(format!(
+            "{}\n",
+            req.uri().authority().map_or("", |a| a.as_str())
+        )),
         // State kept in the instance: always 1 with a fresh instance per
         // request, counting up when instances are reused.
         "/counter" => {
