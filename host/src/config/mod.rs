@@ -42,7 +42,10 @@ pub struct Config {
 
 impl Config {
     pub fn from_args(args: ServeArgs) -> Result<Self> {
-        let cache_dir = args.cache_dir.unwrap_or_else(default_cache_dir);
+        let cache_dir = match args.cache_dir {
+            Some(dir) => dir,
+            None => default_cache_dir()?,
+        };
         let builtin = args.handler.is_none();
         let handler = match args.handler {
             Some(h) => h,
@@ -159,20 +162,22 @@ impl Config {
 const BUILTIN_HANDLER: &str = include_str!("../../../examples/wat/hello.wat");
 
 fn write_builtin_handler(cache_dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(cache_dir)
-        .with_context(|| format!("cannot create cache directory `{}`", cache_dir.display()))?;
+    crate::runtime::cache::private_dir(cache_dir, "cache directory", "--cache-dir")?;
     let path = cache_dir.join("builtin-hello.wat");
-    std::fs::write(&path, BUILTIN_HANDLER)
-        .with_context(|| format!("cannot write `{}`", path.display()))?;
+    crate::runtime::cache::write_private(&path, BUILTIN_HANDLER.as_bytes())?;
     Ok(path)
 }
 
-fn default_cache_dir() -> PathBuf {
+/// $XDG_CACHE_HOME/wcluster or ~/.cache/wcluster. Never a shared directory
+/// such as /tmp, where another user could prepare it.
+fn default_cache_dir() -> Result<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("wcluster")
+        .context(
+            "neither XDG_CACHE_HOME nor HOME is set: pass --cache-dir DIR (a private directory)",
+        )?;
+    Ok(base.join("wcluster"))
 }
 
 fn parse_env(spec: &str) -> Result<(String, String)> {

@@ -55,6 +55,8 @@ pub struct WorkerInit {
     pub index: usize,
     pub artifact: PathBuf,
     pub version: String,
+    /// SHA-256 of the artifact, checked before it is loaded.
+    pub digest: String,
     pub engine: EngineSettings,
     pub limits: RequestLimits,
     pub grants: Grants,

@@ -19,7 +19,11 @@ pub enum ToWorker {
     Conn { id: u64 },
     /// Load this artifact, smoke-check it and swap it in; answer `Loaded`
     /// or `LoadFailed`. Requests in flight finish on the old version.
-    Load { artifact: PathBuf, version: String },
+    Load {
+        artifact: PathBuf,
+        version: String,
+        digest: String,
+    },
     /// Stop taking connections, finish what is in flight, exit.
     Drain,
     /// Answer with `Stats` now (for `wcluster status`).
@@ -39,6 +43,10 @@ pub enum ToPrimary {
     Loaded { version: String },
     /// `version` was refused; the worker goes on with what it had.
     LoadFailed { version: String, error: String },
+    /// The worker holds --max-connections connections (`full`), or has
+    /// room again: the primary sends it none while it is full, and stops
+    /// accepting when every worker is.
+    Capacity { full: bool },
     /// Sent every second, and at once after `Report`: requests served so
     /// far, and in flight now.
     Stats { requests: u64, in_flight: u32 },

@@ -79,7 +79,7 @@ async fn run(config: Config) -> Result<()> {
         .control
         .clone()
         .unwrap_or_else(|| control::default_path(addr.port()));
-    let control = control::serve(&control_path)?;
+    let control = control::serve(&control_path, config.control.is_none())?;
     let _cleanup = RemoveOnDrop(control_path.clone());
     let (_watcher, file_events) = if config.watch {
         let (w, rx) = watcher::watch(&config.handler)?;
@@ -93,6 +93,7 @@ async fn run(config: Config) -> Result<()> {
         index: 0,
         artifact: first.path.clone(),
         version: first.version.clone(),
+        digest: first.digest.clone(),
         engine: config.engine.clone(),
         limits: config.limits.clone(),
         grants: config.grants.clone(),

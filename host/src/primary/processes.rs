@@ -88,6 +88,7 @@ impl Processes {
         init.index = worker.index;
         init.artifact = artifact.path.clone();
         init.version = artifact.version.clone();
+        init.digest = artifact.digest.clone();
         outbox.send(ToWorker::Init(Box::new(init))).ok();
 
         let (c, tx) = (chan.clone(), self.inputs.clone());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
 
+use super::cache;
 use super::engine::{self, Allocation};
 use crate::config::{CompileLimits, EngineSettings};
 
@@ -19,6 +20,8 @@ pub struct Artifact {
     pub path: PathBuf,
     /// Short content hash of the handler file: its version id.
     pub version: String,
+    /// SHA-256 of the artifact file, checked by workers before loading it.
+    pub digest: String,
     /// Whether this call compiled it (false: it came from the cache).
     pub compiled: bool,
     pub compile_time: Duration,
@@ -164,8 +167,7 @@ pub async fn prepare(
     limits: &CompileLimits,
 ) -> Result<Artifact> {
     let start = Instant::now();
-    std::fs::create_dir_all(cache_dir)
-        .with_context(|| format!("cannot create cache directory `{}`", cache_dir.display()))?;
+    cache::private_dir(cache_dir, "cache directory", "--cache-dir")?;
     let staged = {
         let (handler, cache_dir, max) = (
             handler.to_path_buf(),
@@ -186,21 +188,40 @@ pub async fn prepare(
         staged.hash,
         engine::compatibility_key(&engine)
     ));
-    if path.is_file() {
-        return Ok(Artifact {
-            path,
-            version,
-            compiled: false,
-            compile_time: start.elapsed(),
-        });
+    if std::fs::symlink_metadata(&path).is_ok() {
+        // Planted (not ours, or writable by others): refuse outright.
+        cache::check_artifact_file(&path)?;
+        match verify(&path).await {
+            Ok(digest) => {
+                return Ok(Artifact {
+                    path,
+                    version,
+                    digest,
+                    compiled: false,
+                    compile_time: start.elapsed(),
+                });
+            }
+            // Damaged or half-written: compiling it again replaces it.
+            Err(e) => tracing::warn!("{e:#}; compiling it again"),
+        }
     }
     compile_in_child(handler, &staged.copy, &path, settings, limits).await?;
+    let digest = verify(&path).await?;
     Ok(Artifact {
         path,
         version,
+        digest,
         compiled: true,
         compile_time: start.elapsed(),
     })
+}
+
+/// The artifact against its recorded digest, off the event loop.
+async fn verify(path: &Path) -> Result<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || cache::verify_artifact(&path, None))
+        .await
+        .context("checking the artifact failed")?
 }
 
 /// Compiles `staged` (the private copy of `handler`) into `output`.

@@ -8,6 +8,7 @@ use wasmtime::Module;
 use wasmtime::component::Component;
 
 use super::artifact::{Kind, kind};
+use super::cache;
 use super::engine::{self, Allocation};
 use super::{cgi, component};
 use crate::cli::CompileArgs;
@@ -44,20 +45,12 @@ pub fn compile_main(args: CompileArgs) -> Result<()> {
             module.serialize()?
         }
     };
-    // A new file (O_EXCL) renamed into place: a reader never sees half an
-    // artifact, and nothing planted under the temporary name is followed.
-    let dir = args
-        .output
-        .parent()
-        .context("the artifact path has no directory")?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".artifact-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write an artifact in `{}`", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, &serialized)
-        .with_context(|| format!("cannot write artifact `{}`", args.output.display()))?;
-    tmp.persist(&args.output)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot write artifact `{}`", args.output.display()))?;
+    // Written privately (O_EXCL, then renamed into place), with the digest
+    // that the primary and the workers check before trusting it.
+    cache::write_private(&args.output, &serialized)?;
+    cache::write_private(
+        &cache::digest_path(&args.output),
+        cache::digest_bytes(&serialized).as_bytes(),
+    )?;
     Ok(())
 }

@@ -38,8 +38,12 @@ impl Handler {
         grants: Arc<Grants>,
         reuse: u32,
         version: String,
+        digest: &str,
     ) -> Result<Self> {
         let name = path.display();
+        // Machine code is about to be mapped and run: it must be what the
+        // compile child wrote.
+        super::cache::verify_artifact(path, Some(digest))?;
         let guest = match Engine::detect_precompiled_file(path).map_err(anyhow::Error::from)? {
             Some(Precompiled::Component) => {
                 // SAFETY: the file was written by our own compile child through

@@ -2,6 +2,7 @@
 //! for the compile child and the workers), artifacts, and the handler ABIs.
 
 pub mod artifact;
+pub mod cache;
 pub mod cgi;
 pub mod cgi_head;
 pub mod compile;

@@ -22,13 +22,14 @@ pub struct Deployer {
 
 impl Deployer {
     /// Loads and checks a handler without putting it in service.
-    pub async fn prepare(&self, artifact: &Path, version: &str) -> Result<Handler> {
+    pub async fn prepare(&self, artifact: &Path, version: &str, digest: &str) -> Result<Handler> {
         let handler = Handler::load(
             &self.engine,
             artifact,
             self.grants.clone(),
             self.reuse,
             version.to_string(),
+            digest,
         )?;
         handler
             .smoke_check(&self.smoke.path, self.smoke.timeout)
@@ -42,10 +43,11 @@ impl Deployer {
         chan: Arc<Channel>,
         artifact: std::path::PathBuf,
         version: String,
+        digest: String,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
-            let msg = match this.prepare(&artifact, &version).await {
+            let msg = match this.prepare(&artifact, &version, &digest).await {
                 Ok(handler) => {
                     ctx.swap(handler);
                     tracing::info!(worker = ctx.index, %version, "now serving version {version}");

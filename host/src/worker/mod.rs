@@ -75,6 +75,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
         deployer.grants.clone(),
         init.reuse_instances,
         init.version.clone(),
+        &init.digest,
     );
     let handler = match first {
         Ok(h) => h,
@@ -110,8 +111,15 @@ async fn run(fd: OwnedFd) -> Result<()> {
                 connection::serve(&ctx, fd, &graceful, &connections);
                 chan.send(&ToPrimary::Accepted { id }, None).await?;
             }
-            Ok(Some((ToWorker::Load { artifact, version }, _))) => {
-                deployer.spawn_load(ctx.clone(), chan.clone(), artifact, version);
+            Ok(Some((
+                ToWorker::Load {
+                    artifact,
+                    version,
+                    digest,
+                },
+                _,
+            ))) => {
+                deployer.spawn_load(ctx.clone(), chan.clone(), artifact, version, digest);
             }
             Ok(Some((ToWorker::Report, _))) => {
                 let (requests, in_flight) = ctx.stats();

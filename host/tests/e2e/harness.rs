@@ -146,6 +146,11 @@ fn control_path() -> PathBuf {
 
 impl Server {
     pub fn start(handler: &Path, extra: &[&str]) -> Server {
+        Server::start_with_cache(handler, extra, &cache_dir())
+    }
+
+    /// `start` with a cache directory of the test's own.
+    pub fn start_with_cache(handler: &Path, extra: &[&str], cache: &Path) -> Server {
         let control = control_path();
         let mut cmd = wcluster();
         cmd.arg("serve")
@@ -157,7 +162,7 @@ impl Server {
                 "json",
                 "--cache-dir",
             ])
-            .arg(cache_dir())
+            .arg(cache)
             .arg("--control")
             .arg(&control)
             .args(extra)

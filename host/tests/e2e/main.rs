@@ -14,3 +14,4 @@ mod lifecycle;
 mod scale;
 mod serving;
 mod startup;
+mod trust;

@@ -18,6 +18,7 @@ pub fn client(request: Request, args: ControlArgs) -> Result<()> {
             path.display()
         )
     })?;
+    check_peer(&stream, &path)?;
     let mut line = serde_json::to_vec(&request)?;
     line.push(b'\n');
     stream.write_all(&line)?;
@@ -38,6 +39,22 @@ pub fn client(request: Request, args: ControlArgs) -> Result<()> {
         Reply::Deploy(d) => bail!("{d}"),
         _ => bail!("the server reported a failure"),
     }
+}
+
+/// Only a server run by this user (or root) is believed: anyone else
+/// listening at the path could print a fake success.
+fn check_peer(stream: &std::os::unix::net::UnixStream, path: &std::path::Path) -> Result<()> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let peer = getsockopt(stream, PeerCredentials).context("cannot check the server's user")?;
+    let me = nix::unistd::geteuid().as_raw();
+    if peer.uid() != me && peer.uid() != 0 {
+        bail!(
+            "the process at `{}` runs as uid {}, not as this user (uid {me}) or root; not trusting it",
+            path.display(),
+            peer.uid()
+        );
+    }
+    Ok(())
 }
 
 /// The reply for a person to read.

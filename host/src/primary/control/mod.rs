@@ -7,12 +7,13 @@ mod client;
 pub mod protocol;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use client::client;
 use protocol::{Refusal, Reply};
@@ -23,32 +24,39 @@ pub type Request = (protocol::Request, oneshot::Sender<Reply>);
 const MAX_LINE: u64 = 4096;
 /// A client must send its request within this.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control connections served at once; more wait to be accepted.
+const MAX_CLIENTS: usize = 32;
 
-/// Where the control socket of the server on `port` lives by default.
+/// Where the control socket of the server on `port` lives by default: in a
+/// directory of this user's alone ($XDG_RUNTIME_DIR/wcluster, or
+/// $TMPDIR/wcluster-UID), so nobody else can squat or spoof the path.
 pub fn default_path(port: u16) -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("wcluster"),
+        None => std::env::temp_dir().join(format!("wcluster-{}", nix::unistd::geteuid())),
+    };
     dir.join(format!("wcluster-{port}.sock"))
 }
 
 /// Binds the socket and forwards each request to the primary's loop.
-pub fn serve(path: &Path) -> Result<mpsc::UnboundedReceiver<Request>> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "control socket `{}` is in use by another wcluster; pass --control PATH",
-                path.display()
-            );
-        }
-        // Left behind by a server that was killed.
-        std::fs::remove_file(path).ok();
+/// `private_parent`: the path is the default one, whose directory is
+/// created private (and refused if it is not).
+pub fn serve(path: &Path, private_parent: bool) -> Result<mpsc::UnboundedReceiver<Request>> {
+    if private_parent && let Some(dir) = path.parent() {
+        crate::runtime::cache::private_dir(dir, "control socket directory", "--control")?;
     }
+    clear_stale(path)?;
     let listener = UnixListener::bind(path)
         .with_context(|| format!("cannot create control socket `{}`", path.display()))?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     tokio::spawn(async move {
         loop {
+            // At the cap, stop accepting: new clients wait in the listen
+            // backlog until an idle one times out, instead of being closed.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let tx = tx.clone();
@@ -56,6 +64,7 @@ pub fn serve(path: &Path) -> Result<mpsc::UnboundedReceiver<Request>> {
                         if let Err(e) = answer(stream, tx).await {
                             tracing::debug!("control connection: {e:#}");
                         }
+                        drop(permit);
                     });
                 }
                 // EMFILE and friends pass; one failure must not end the socket.
@@ -67,6 +76,34 @@ pub fn serve(path: &Path) -> Result<mpsc::UnboundedReceiver<Request>> {
         }
     });
     Ok(rx)
+}
+
+/// Removes a socket left behind by a server of ours that was killed; refuses
+/// to touch anything else at the path.
+fn clear_stale(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot check `{}`", path.display())),
+    };
+    let name = path.display();
+    if !meta.file_type().is_socket() {
+        bail!(
+            "`{name}` exists and is not a socket; refusing to replace it (pass another --control PATH)"
+        );
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "control socket `{name}` belongs to uid {}, not to this user (uid {me}); refused (pass another --control PATH)",
+            meta.uid()
+        );
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("control socket `{name}` is in use by another wcluster; pass --control PATH");
+    }
+    std::fs::remove_file(path).with_context(|| format!("cannot remove stale `{name}`"))
 }
 
 async fn answer(stream: UnixStream, tx: mpsc::UnboundedSender<Request>) -> Result<()> {

@@ -220,6 +220,8 @@ pub struct WorkerStatus {
     pub version: String,
     pub requests: u64,
     pub in_flight: u32,
+    /// It holds --max-connections connections and is sent no more.
+    pub at_capacity: bool,
     /// Times this slot's worker was replaced after dying.
     pub restarts: u64,
 }

@@ -425,6 +425,7 @@ impl Core {
             let msg = ToWorker::Load {
                 artifact: goal.path.clone(),
                 version: goal.version.clone(),
+                digest: goal.digest.clone(),
             };
             self.out.push(Effect::Send(worker, msg));
             return;

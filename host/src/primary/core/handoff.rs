@@ -15,7 +15,9 @@ impl Core {
         let picked = {
             let slots = &self.slots;
             self.balancer.pick(len, |i| {
-                slots[i].state == super::WorkerState::Ready && !slots[i].full
+                slots[i].state == super::WorkerState::Ready
+                    && !slots[i].full
+                    && !slots[i].at_capacity
             })
         };
         match picked {

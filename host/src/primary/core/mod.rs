@@ -261,12 +261,15 @@ impl Core {
         t.into_iter().min()
     }
 
-    /// Whether the shell should accept connections now: not before the
-    /// first worker is ready, not while draining, and not while the
-    /// connections already waiting fill the queue (clients wait in the
-    /// kernel's backlog instead).
+    /// Whether the shell should accept connections now: not before start-up
+    /// ends, not while draining, and not while no worker can take one (all
+    /// at --max-connections, or none ready) or the connections already
+    /// waiting fill the queue. Clients wait in the kernel's listen backlog
+    /// instead of being accepted and closed.
     pub fn accepting(&self) -> bool {
-        matches!(self.phase, Phase::Running) && self.queue.len() < handoff::MAX_QUEUED
+        matches!(self.phase, Phase::Running)
+            && self.queue.len() < handoff::MAX_QUEUED
+            && (0..self.slots.len()).any(|i| self.is_ready(i))
     }
 
     #[cfg(test)]
@@ -331,6 +334,11 @@ impl Core {
             }
             ToPrimary::LoadFailed { version, error } => {
                 self.roll_load_failed(now, worker, version, error)
+            }
+            ToPrimary::Capacity { full } => {
+                if let Some(slot) = self.slot_of(worker) {
+                    slot.at_capacity = full;
+                }
             }
             ToPrimary::Stats {
                 requests,

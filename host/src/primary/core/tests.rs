@@ -10,6 +10,7 @@ pub(super) fn artifact(version: &str) -> Artifact {
     Artifact {
         path: PathBuf::from(format!("/cache/{version}.cwasm")),
         version: version.to_string(),
+        digest: format!("digest-of-{version}"),
         compiled: false,
         compile_time: Duration::ZERO,
     }
@@ -849,4 +850,37 @@ fn shutdown_kills_what_is_left_after_the_drain_timeout() {
     assert!(fx.contains(&Effect::Kill(sim.worker(0))));
     assert!(fx.contains(&Effect::Exit(Ok(()))));
     assert_eq!(sim.core.poll_timeout(), None);
+}
+
+#[test]
+fn workers_at_capacity_get_no_connections_and_the_listener_pauses() {
+    let mut sim = Sim::running(2);
+    let (w0, w1) = (sim.worker(0), sim.worker(1));
+    sim.input(Input::FromWorker(w0, ToPrimary::Capacity { full: true }));
+    let fx = sim.input(Input::Accepted(1));
+    assert_eq!(
+        fx,
+        [Effect::SendConn {
+            worker: w1,
+            conn: 1
+        }]
+    );
+    assert!(sim.core.accepting());
+    sim.input(Input::FromWorker(w1, ToPrimary::Capacity { full: true }));
+    assert!(
+        !sim.core.accepting(),
+        "every worker is full: stop accepting"
+    );
+    // One accepted just before waits in the primary, not closed.
+    let fx = sim.input(Input::Accepted(2));
+    assert!(fx.is_empty());
+    let fx = sim.input(Input::FromWorker(w1, ToPrimary::Capacity { full: false }));
+    assert_eq!(
+        fx,
+        [Effect::SendConn {
+            worker: w1,
+            conn: 2
+        }]
+    );
+    assert!(sim.core.accepting());
 }

@@ -28,6 +28,8 @@ pub(super) struct Slot {
     pub last_seen: Instant,
     /// Its channel was full at the last hand-off; skipped until it speaks.
     pub full: bool,
+    /// It holds --max-connections connections; skipped until it has room.
+    pub at_capacity: bool,
     /// Consecutive quick deaths.
     failures: u32,
     pub restarts: u64,
@@ -49,6 +51,7 @@ impl Slot {
             started: now,
             last_seen: now,
             full: false,
+            at_capacity: false,
             failures: 0,
             restarts: 0,
             respawn_at: None,
@@ -71,6 +74,7 @@ impl Slot {
             version: self.version.clone(),
             requests: self.requests,
             in_flight: self.in_flight,
+            at_capacity: self.at_capacity,
             restarts: self.restarts,
         }
     }
@@ -109,7 +113,7 @@ impl Core {
     pub(super) fn is_ready(&self, index: usize) -> bool {
         self.slots
             .get(index)
-            .is_some_and(|s| s.state == WorkerState::Ready && !s.full)
+            .is_some_and(|s| s.state == WorkerState::Ready && !s.full && !s.at_capacity)
     }
 
     /// Spawns a worker into every wanted slot that is empty and not waiting
@@ -139,6 +143,7 @@ impl Core {
         slot.started = now;
         slot.last_seen = now;
         slot.full = false;
+        slot.at_capacity = false;
         slot.respawn_at = None;
         slot.drain_deadline = None;
         let worker = WorkerId { index, generation };
