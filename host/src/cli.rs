@@ -140,13 +140,27 @@ pub struct LimitArgs {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub h2_keepalive_timeout: Duration,
 
-    /// Open client connections per worker; more are closed at once.
+    /// Open client connections per worker. A worker at the limit gets no
+    /// more; when all are, new clients wait in the listen backlog.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
 
-    /// Requests running at once per worker; more get 503 with Retry-After.
+    /// Connections the kernel holds for wcluster to accept (listen backlog).
+    #[arg(long, default_value_t = 1024)]
+    pub backlog: u32,
+
+    /// Requests running at once per worker; more wait for a turn.
     #[arg(long, default_value_t = 128)]
     pub max_concurrent: u32,
+
+    /// Requests waiting for a turn per worker; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queued: usize,
+
+    /// How long a request waits for a turn before a 503 with Retry-After
+    /// (it counts toward --request-timeout).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub queue_timeout: Duration,
 
     /// Longest time compiling a module may take.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]

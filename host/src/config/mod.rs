@@ -26,6 +26,7 @@ pub struct Config {
     pub addr: SocketAddr,
     pub workers: usize,
     pub max_workers: usize,
+    pub backlog: u32,
     pub cache_dir: PathBuf,
     pub engine: EngineSettings,
     pub limits: RequestLimits,
@@ -99,6 +100,18 @@ impl Config {
             args.smoke_path
         );
         ensure!(
+            !l.queue_timeout.is_zero(),
+            "--queue-timeout must be more than 0"
+        );
+        ensure!(
+            (1..=1_000_000).contains(&l.max_queued),
+            "--max-queued must be between 1 and 1000000"
+        );
+        ensure!(
+            (1..=65_535).contains(&l.backlog),
+            "--backlog must be between 1 and 65535"
+        );
+        ensure!(
             (1..=10_000).contains(&l.max_concurrent),
             "--max-concurrent must be between 1 and 10000"
         );
@@ -123,6 +136,7 @@ impl Config {
             addr: args.addr,
             workers,
             max_workers: args.max_workers,
+            backlog: l.backlog,
             cache_dir,
             engine: EngineSettings {
                 max_memory: l.max_memory.as_u64(),
@@ -137,6 +151,8 @@ impl Config {
                 h2_keepalive_timeout: l.h2_keepalive_timeout,
                 max_connections: l.max_connections,
                 max_concurrent: l.max_concurrent,
+                max_queued: l.max_queued,
+                queue_timeout: l.queue_timeout,
             },
             compile: CompileLimits {
                 timeout: l.compile_timeout,

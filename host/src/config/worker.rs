@@ -34,6 +34,10 @@ pub struct RequestLimits {
     pub h2_keepalive_timeout: Duration,
     pub max_connections: usize,
     pub max_concurrent: u32,
+    /// Requests that may wait for a turn, and for how long.
+    pub max_queued: usize,
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
 }
 
 /// Capabilities granted to the guest; empty by default.

@@ -73,7 +73,7 @@ async fn run(config: Config) -> Result<()> {
         "handler `{}` ready",
         config.handler.display()
     );
-    let listener = bind(config.addr)?;
+    let listener = bind(config.addr, config.backlog)?;
     let addr = listener.local_addr()?;
     let control_path = config
         .control
@@ -297,7 +297,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
+fn bind(addr: std::net::SocketAddr, backlog: u32) -> Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -309,7 +309,7 @@ fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
         .bind(addr)
         .with_context(|| format!("cannot listen on {addr}"))?;
     socket
-        .listen(1024)
+        .listen(backlog)
         .with_context(|| format!("cannot listen on {addr}"))
 }
 

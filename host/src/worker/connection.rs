@@ -29,33 +29,35 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use super::admission::{Connections, Slot};
 use super::service::{self, WorkerCtx};
 use crate::runtime::guest::ConnInfo;
 
 /// What an HTTP/2 client sends first (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Serves the connection once it has a slot under --max-connections (at
+/// once, or when another closes: it is never refused).
 pub fn serve(
     ctx: &Arc<WorkerCtx>,
     fd: OwnedFd,
     graceful: &GracefulShutdown,
-    slots: &Arc<Semaphore>,
+    connections: &Arc<Connections>,
 ) {
-    let Ok(permit) = slots.clone().try_acquire_owned() else {
-        tracing::warn!(
-            worker = ctx.index,
-            "connection refused: {} connections open (--max-connections)",
-            ctx.limits.max_connections
-        );
-        return; // dropping the fd closes the connection
-    };
+    let (ctx, watcher, connections) = (ctx.clone(), graceful.watcher(), connections.clone());
+    tokio::spawn(async move {
+        let slot = connections.admit().await;
+        start(&ctx, fd, watcher, slot);
+    });
+}
+
+fn start(ctx: &Arc<WorkerCtx>, fd: OwnedFd, watcher: Watcher, permit: Slot) {
     let stream = std::net::TcpStream::from(fd);
     let stream = match stream
         .set_nonblocking(true)
@@ -111,7 +113,7 @@ pub fn serve(
             }),
         )
         .into_owned();
-    let conn = graceful.watch(conn);
+    let conn = watcher.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("connection ended with an error: {e}");

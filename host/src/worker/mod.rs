@@ -10,6 +10,7 @@
 //! Drain stops the channel loop and waits for the connections, bounded by
 //! the drain timeout.
 
+mod admission;
 mod connection;
 mod deploy;
 mod edge;
@@ -22,7 +23,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use hyper_util::server::graceful::GracefulShutdown;
 use nix::sys::signal::Signal;
-use tokio::sync::Semaphore;
 
 use crate::cli::WorkerArgs;
 use crate::ipc::{self, Channel, ToPrimary, ToWorker};
@@ -94,7 +94,8 @@ async fn run(fd: OwnedFd) -> Result<()> {
             }
         })?;
     let ctx = Arc::new(WorkerCtx::new(init.index, handler, init.limits.clone()));
-    let connections = Arc::new(Semaphore::new(init.limits.max_connections));
+    let connections = admission::Connections::new(init.limits.max_connections, chan.clone());
+    admission::spawn_summary(init.index, ctx.requests.clone(), connections.clone());
     let graceful = GracefulShutdown::new();
     chan.send(
         &ToPrimary::Ready {
@@ -138,13 +139,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
             Err(e) => tracing::warn!("bad message from the primary: {e}"),
         }
     }
-    drain(
-        &ctx,
-        &connections,
-        init.limits.max_connections,
-        init.drain_timeout,
-    )
-    .await;
+    drain(&ctx, &connections, init.drain_timeout).await;
     if tokio::time::timeout(init.drain_timeout, graceful.shutdown())
         .await
         .is_err()
@@ -160,15 +155,10 @@ async fn run(fd: OwnedFd) -> Result<()> {
 /// The gentle part of a drain: responses say `Connection: close` from now
 /// on; wait (up to DRAIN_GRACE) for the open connections to take that and
 /// go. What is left is closed by the graceful shutdown after this.
-async fn drain(
-    ctx: &WorkerCtx,
-    connections: &Semaphore,
-    max_connections: usize,
-    drain_timeout: Duration,
-) {
+async fn drain(ctx: &WorkerCtx, connections: &admission::Connections, drain_timeout: Duration) {
     ctx.start_draining();
     let grace = tokio::time::Instant::now() + DRAIN_GRACE.min(drain_timeout);
-    while connections.available_permits() < max_connections && tokio::time::Instant::now() < grace {
+    while connections.open() > 0 && tokio::time::Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

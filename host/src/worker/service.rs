@@ -1,5 +1,6 @@
-//! One request: admission (concurrency limit, body size), the guest call
-//! with its deadline, error responses, and the access log line.
+//! One request: admission (a turn under --max-concurrent, admission.rs;
+//! body size), the guest call with its deadline, error responses, and the
+//! access log line.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,9 +11,9 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use tokio::sync::Semaphore;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use super::admission::{Refused, Requests};
 use crate::config::RequestLimits;
 use crate::runtime::guest::GuestError;
 use crate::runtime::handler::Handler;
@@ -24,7 +25,7 @@ pub struct WorkerCtx {
     /// Swapped whole by a deploy; a request clones the Arc it started with,
     /// so requests in flight finish on the version they began on.
     handler: RwLock<Arc<Handler>>,
-    permits: Arc<Semaphore>,
+    pub requests: Arc<Requests>,
     next_request: AtomicU64,
     /// Set when the worker drains: HTTP/1 responses carry `Connection:
     /// close`, so keep-alive clients move to another worker cleanly.
@@ -37,7 +38,7 @@ impl WorkerCtx {
             index,
             pid: std::process::id(),
             handler: RwLock::new(Arc::new(handler)),
-            permits: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
+            requests: Arc::new(Requests::new(&limits)),
             limits,
             next_request: AtomicU64::new(1),
             draining: AtomicBool::new(false),
@@ -62,8 +63,7 @@ impl WorkerCtx {
     /// (requests served, requests in flight)
     pub fn stats(&self) -> (u64, u32) {
         let served = self.next_request.load(Ordering::Relaxed) - 1;
-        let in_flight = self.limits.max_concurrent as usize - self.permits.available_permits();
-        (served, in_flight as u32)
+        (served, self.requests.in_flight() as u32)
     }
 }
 
@@ -106,17 +106,25 @@ async fn respond(
     request_id: &Arc<str>,
 ) -> hyper::Response<HyperOutgoingBody> {
     let limits = &ctx.limits;
-    let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
-        let mut resp = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "worker busy: {} requests in flight\n",
-                limits.max_concurrent
-            ),
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
+    // The wait for a turn counts toward the deadline (`start` is before it).
+    let permit = match ctx.requests.admit(start + limits.timeout).await {
+        Ok(permit) => permit,
+        Err(why) => {
+            let why = match why {
+                Refused::QueueFull => format!("{} requests already waiting", limits.max_queued),
+                Refused::Waited => format!("no turn within {:?}", limits.queue_timeout),
+            };
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "worker busy: {} requests in flight, {why}\n",
+                    limits.max_concurrent
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
     };
     // One final `chunked` is the only transfer coding a request may carry
     // here: anything else (duplicated, not final, unknown) is how request

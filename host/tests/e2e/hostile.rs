@@ -138,7 +138,14 @@ fn huge_and_broken_responses_end_cleanly() {
 fn saturated_worker_answers_503_with_retry_after() {
     let mut server = Server::start(
         &guests().testkit,
-        &["--workers", "1", "--max-concurrent", "2"],
+        &[
+            "--workers",
+            "1",
+            "--max-concurrent",
+            "2",
+            "--queue-timeout",
+            "200ms",
+        ],
     );
     let slow: Vec<_> = (0..2)
         .map(|_| {
@@ -179,7 +186,7 @@ fn saturated_worker_answers_503_with_retry_after() {
 }
 
 #[test]
-fn connections_beyond_the_limit_are_closed() {
+fn connections_beyond_the_limit_wait_for_a_slot() {
     let server = Server::start(
         &guests().hello,
         &["--workers", "1", "--max-connections", "2"],
@@ -192,19 +199,31 @@ fn connections_beyond_the_limit_are_closed() {
         assert!(c.read(&mut buf).unwrap() > 0);
         held.push(c);
     }
-    let resp = raw(
-        &server,
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        Duration::from_secs(3),
-    );
-    assert_eq!(resp, "", "a third connection was served");
-    drop(held);
-    // Once the others are closed, new connections are served again.
-    let start = Instant::now();
-    while get(&fresh_client(), &server.url("/")).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(20));
+    // A third is neither served nor closed while the two are open...
+    let mut third = TcpStream::connect(server.addr).unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    match third.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("a third connection was answered or closed: {other:?}"),
     }
+    // ...and is served as soon as one of them closes.
+    drop(held);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut resp = String::new();
+    third.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
 }
 
 #[test]

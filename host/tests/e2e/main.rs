@@ -11,6 +11,7 @@ mod h2;
 mod harness;
 mod hostile;
 mod lifecycle;
+mod overload;
 mod scale;
 mod serving;
 mod startup;
