@@ -10,6 +10,11 @@
 # which exercises wcluster's hand-off), POST echo of 64 KiB, and `overload`:
 # keep-alive GET from OVERLOAD_CONNS (1000) connections, far past the
 # defaults, where good/s (responses that were 200) is what counts.
+# `tls-keepalive` and `tls-close` (not run by default): the same two GET
+# scenarios over HTTPS (--tls-cert; wrk speaks HTTP/1.1 over TLS), with a
+# self-signed ECDSA P-256 pair made by openssl: wcluster (and
+# wcluster-reuse) against native hyper + rustls (native-hello CERT KEY);
+# the other servers have no row there.
 #   SCENARIOS="keepalive overload" bench/run.sh       # only these scenarios
 #
 # CPU split: the server gets core 1 (taskset -c 1, so every server runs one
@@ -37,6 +42,8 @@ mkdir -p "$work" bench/results
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v curl >/dev/null || need_apt+=(curl)
+tls_wanted() { [[ " ${SCENARIOS:-} " == *" tls-"* ]]; }
+tls_wanted && { command -v openssl >/dev/null || need_apt+=(openssl); }
 servers=(${SERVERS:-wcluster wcluster-reuse wasmtime-serve wasmtime-pooling node-cluster native-hyper})
 [ -n "${BASELINE:-}" ] && servers=(wcluster-baseline "${servers[@]}")
 wants() { [[ " ${servers[*]} " == *" $1"* ]]; }
@@ -56,33 +63,43 @@ cargo build --release -q -p wcluster -p native-hello
 cargo build --release -q --target wasm32-wasip2 -p hello -p echo
 hello=target/wasm32-wasip2/release/hello.wasm
 echo_wasm=target/wasm32-wasip2/release/echo.wasm
+if tls_wanted; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$work/tls-key.pem" -out "$work/tls-cert.pem" 2>/dev/null
+fi
 printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 65536)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' >"$work/post.lua"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 wait_http() { # url -> ms until the first 200
   local start=$(date +%s%3N)
-  until [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = 200 ]; do
+  until [ "$(curl -sk -o /dev/null -w '%{http_code}' "$1" 2>/dev/null)" = 200 ]; do
     sleep 0.01
     [ $(($(date +%s%3N) - start)) -lt 120000 ] || { echo "server at $1 never answered" >&2; return 1; }
   done
   echo $(($(date +%s%3N) - start))
 }
 
-start_server() { # name port kind(get|post) -> pid in $server_pid
-  local name=$1 port=$2 kind=$3 file=$hello
+start_server() { # name port kind(get|post|tls) -> pid in $server_pid
+  local name=$1 port=$2 kind=$3 file=$hello pair=() tls=()
   [ "$kind" = post ] && file=$echo_wasm
+  if [ "$kind" = tls ]; then
+    pair=("$work/tls-cert.pem" "$work/tls-key.pem")
+    tls=(--tls-cert "${pair[0]}" --tls-key "${pair[1]}")
+  fi
   case $name in
     wcluster) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
-        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch "${tls[@]}" >"$work/$name.log" 2>&1 & ;;
     wcluster-baseline) taskset -c "$SERVER_CPU" "$BASELINE" serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache-baseline" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
     wcluster-reuse) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
-        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 1000 >"$work/$name.log" 2>&1 & ;;
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 1000 "${tls[@]}" >"$work/$name.log" 2>&1 & ;;
     wasmtime-serve) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
     wasmtime-pooling) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli -O pooling-allocator=y --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
     node-cluster) taskset -c "$SERVER_CPU" node bench/node/server.js "$port" >"$work/$name.log" 2>&1 & ;;
-    native-hyper) taskset -c "$SERVER_CPU" target/release/native-hello "127.0.0.1:$port" >"$work/$name.log" 2>&1 & ;;
+    native-hyper) taskset -c "$SERVER_CPU" target/release/native-hello "127.0.0.1:$port" \
+        "${pair[@]}" >"$work/$name.log" 2>&1 & ;;
   esac
   server_pid=$!
 }
@@ -106,7 +123,7 @@ run_wrk() { # url scenario -> "rps p50 p99 errors"
   [ "$2" = overload ] && conns=$OVERLOAD_CONNS
   local args=(-t1 -c"$conns" -d"${DURATION}s" --latency)
   case $2 in
-    close) args+=(-H "Connection: close") ;;
+    close | tls-close) args+=(-H "Connection: close") ;;
     post) args+=(-s "$work/post.lua") ;;
   esac
   taskset -c "$CLIENT_CPU" wrk "${args[@]}" "$1" >"$work/wrk.out" 2>&1 || true
@@ -125,16 +142,22 @@ declare -A result cold rss_idle rss_load
 for s in "${servers[@]}"; do
   for sc in "${scenarios[@]}"; do
     kind=get; [ "$sc" = post ] && kind=post
+    scheme=http
+    if [[ $sc == tls-* ]]; then
+      # Only wcluster and native hyper are run with TLS here.
+      [[ $s == wcluster || $s == wcluster-reuse || $s == native-hyper ]] || continue
+      kind=tls scheme=https
+    fi
     port=$(free_port)
     start_server "$s" "$port" "$kind"
-    ms=$(wait_http "http://127.0.0.1:$port/")
+    ms=$(wait_http "$scheme://127.0.0.1:$port/")
     if [ "$sc" = keepalive ]; then
       cold[$s]=$ms
       rss_idle[$s]=$(rss_kb "$server_pid")
       (sleep $((DURATION / 2)); rss_kb "$server_pid" >"$work/rss") &
       sampler=$!
     fi
-    result[$s,$sc]=$(run_wrk "http://127.0.0.1:$port/" "$sc")
+    result[$s,$sc]=$(run_wrk "$scheme://127.0.0.1:$port/" "$sc")
     [ "$sc" = keepalive ] && { wait "$sampler"; rss_load[$s]=$(cat "$work/rss"); }
     stop_server
     echo "bench: $s $sc: ${result[$s,$sc]}" >&2
@@ -142,23 +165,25 @@ for s in "${servers[@]}"; do
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-printf '\n%-17s %-10s %12s %12s %10s %10s %7s %9s\n' server scenario req/s good/s p50 p99 errors "vs wcluster"
+printf '\n%-17s %-13s %12s %12s %10s %10s %7s %9s\n' server scenario req/s good/s p50 p99 errors "vs wcluster"
 json_rows=()
 for sc in "${scenarios[@]}"; do
-  read -r base _ <<<"${result[wcluster,$sc]}"
+  read -r base _ <<<"${result[wcluster,$sc]:-0}"
   for s in "${servers[@]}"; do
+    [ -n "${result[$s,$sc]:-}" ] || continue # a server not run in this scenario (TLS)
     read -r rps p50 p99 err <<<"${result[$s,$sc]}"
     # Responses per second that were not errors (non-2xx, socket errors).
     good=$(awk -v r="$rps" -v e="$err" -v d="$DURATION" 'BEGIN { g = r - e / d; printf "%.2f", g < 0 ? 0 : g }')
-    printf '%-17s %-10s %12s %12s %10s %10s %7s %9s\n' "$s" "$sc" "$rps" "$good" "$p50" "$p99" "$err" "$(ratio "$rps" "$base")"
+    printf '%-17s %-13s %12s %12s %10s %10s %7s %9s\n' "$s" "$sc" "$rps" "$good" "$p50" "$p99" "$err" "$(ratio "$rps" "$base")"
     json_rows+=("{\"server\":\"$s\",\"scenario\":\"$sc\",\"rps\":$rps,\"good_rps\":$good,\"p50\":\"$p50\",\"p99\":\"$p99\",\"errors\":$err,\"ratio_to_wcluster\":$(ratio "$rps" "$base")}")
   done
 done
 printf '\n%-17s %14s %14s %16s\n' server cold_start_ms rss_idle_kb rss_keepalive_kb
 extra=()
 for s in "${servers[@]}"; do
-  printf '%-17s %14s %14s %16s\n' "$s" "${cold[$s]}" "${rss_idle[$s]}" "${rss_load[$s]}"
-  extra+=("{\"server\":\"$s\",\"cold_start_ms\":${cold[$s]},\"rss_idle_kb\":${rss_idle[$s]},\"rss_keepalive_kb\":${rss_load[$s]}}")
+  # Measured in the keepalive scenario only (null when it was not run).
+  printf '%-17s %14s %14s %16s\n' "$s" "${cold[$s]:--}" "${rss_idle[$s]:--}" "${rss_load[$s]:--}"
+  extra+=("{\"server\":\"$s\",\"cold_start_ms\":${cold[$s]:-null},\"rss_idle_kb\":${rss_idle[$s]:-null},\"rss_keepalive_kb\":${rss_load[$s]:-null}}")
 done
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
 file=bench/results/run-$(date +%Y%m%d-%H%M%S).json

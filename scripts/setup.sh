@@ -9,3 +9,10 @@ for target in wasm32-wasip2 wasm32-wasip1; do
     rustup target add "$target"
   fi
 done
+
+# curl: the HTTPS end-to-end tests check HTTP/1.1 and HTTP/2 with it.
+if ! command -v curl >/dev/null; then
+  echo "setup: installing curl (apt)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+fi

@@ -107,6 +107,16 @@ pub struct ServeArgs {
     /// Do not watch the handler file for changes (reload with SIGHUP or `wcluster reload`).
     #[arg(long)]
     pub no_watch: bool,
+
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. A new pair written over the files is picked up for new
+    /// connections without a restart.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

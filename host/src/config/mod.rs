@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::cli::{LogFormat, ServeArgs};
 
+pub mod tls;
 pub mod worker;
 
 pub use worker::{DirGrant, EngineSettings, Grants, RequestLimits, SmokeCheck, WorkerInit};
@@ -39,6 +40,8 @@ pub struct Config {
     pub watch: bool,
     pub liveness_timeout: Duration,
     pub reuse_instances: u32,
+    /// --tls-cert and --tls-key (absolute), checked: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -70,6 +73,7 @@ impl Config {
             "--workers must be between 1 and --max-workers ({}), got {workers}",
             args.max_workers
         );
+        let tls = tls::check(args.tls_cert, args.tls_key)?;
         let l = args.limits;
         ensure!(
             !l.request_timeout.is_zero(),
@@ -170,6 +174,7 @@ impl Config {
             watch: !args.no_watch && !builtin,
             liveness_timeout: args.liveness_timeout,
             reuse_instances: args.reuse_instances,
+            tls,
         })
     }
 }

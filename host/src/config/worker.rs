@@ -69,6 +69,10 @@ pub struct WorkerInit {
     pub smoke: SmokeCheck,
     /// 0: a fresh instance per request; N: an instance serves up to N.
     pub reuse_instances: u32,
+    /// HTTPS: the PEM files (certificate chain, private key) of --tls-cert
+    /// and --tls-key, which the primary has checked; the worker loads them
+    /// and follows their changes (worker/tls.rs). None: plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The request every new version must answer before it goes live.

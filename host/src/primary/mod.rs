@@ -100,6 +100,7 @@ async fn run(config: Config) -> Result<()> {
         drain_timeout: config.drain_timeout,
         smoke: config.smoke.clone(),
         reuse_instances: config.reuse_instances,
+        tls: config.tls.clone(),
     };
     let settings = Settings {
         workers: config.workers,
@@ -262,7 +263,12 @@ impl Shell {
             Effect::Announce(Announcement::Listening { workers }) => {
                 let plural = if workers == 1 { "worker" } else { "workers" };
                 println!(
-                    "wcluster: listening on http://{} ({workers} {plural})",
+                    "wcluster: listening on {}://{} ({workers} {plural})",
+                    if self.config.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    },
                     self.addr
                 );
                 tracing::info!("control socket: {}", self.control_path.display());

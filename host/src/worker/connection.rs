@@ -1,11 +1,13 @@
 //! One client connection, received as an fd: HTTP/1.1 with keep-alive, or
-//! HTTP/2 (h2c), served by hyper-util.
+//! HTTP/2 (h2c), served by hyper-util; with --tls-cert, the same over TLS
+//! (the handshake is done here, with tls.rs's acceptor).
 //!
 //! Every state a connection can wait in has a deadline, so clients that
 //! connect and stall cannot hold the --max-connections slots:
 //! - its first bytes, up to the whole HTTP/2 preface: --header-timeout
 //!   (hyper-util reads them to pick the protocol, before any of hyper's
-//!   timeouts apply; `Guarded` below bounds them);
+//!   timeouts apply; `Guarded` below bounds them); with TLS, one deadline
+//!   bounds the handshake and those bytes together;
 //! - HTTP/1 request headers, also while waiting between keep-alive
 //!   requests: --header-timeout (hyper);
 //! - HTTP/2: a PING when the client has been silent for
@@ -31,8 +33,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::admission::{Connections, Slot};
@@ -43,21 +45,30 @@ use crate::runtime::guest::ConnInfo;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves the connection once it has a slot under --max-connections (at
-/// once, or when another closes: it is never refused).
+/// once, or when another closes: it is never refused); over TLS when
+/// `tls` is given.
 pub fn serve(
     ctx: &Arc<WorkerCtx>,
     fd: OwnedFd,
     graceful: &GracefulShutdown,
     connections: &Arc<Connections>,
+    tls: Option<&TlsAcceptor>,
 ) {
     let (ctx, watcher, connections) = (ctx.clone(), graceful.watcher(), connections.clone());
+    let tls = tls.cloned();
     tokio::spawn(async move {
         let slot = connections.admit().await;
-        start(&ctx, fd, watcher, slot);
+        start(&ctx, fd, watcher, slot, tls).await;
     });
 }
 
-fn start(ctx: &Arc<WorkerCtx>, fd: OwnedFd, watcher: Watcher, permit: Slot) {
+async fn start(
+    ctx: &Arc<WorkerCtx>,
+    fd: OwnedFd,
+    watcher: Watcher,
+    permit: Slot,
+    tls: Option<TlsAcceptor>,
+) {
     let stream = std::net::TcpStream::from(fd);
     let stream = match stream
         .set_nonblocking(true)
@@ -71,6 +82,34 @@ fn start(ctx: &Arc<WorkerCtx>, fd: OwnedFd, watcher: Watcher, permit: Slot) {
     };
     // Small responses must not wait for Nagle's algorithm.
     stream.set_nodelay(true).ok();
+    // The TLS handshake, if any, and the first bytes of HTTP: one deadline.
+    let first_bytes = Instant::now() + ctx.limits.header_timeout;
+    let info = ConnInfo {
+        peer: stream.peer_addr().ok(),
+        local: stream.local_addr().ok(),
+    };
+    let Some(acceptor) = tls else {
+        return run(ctx, stream, first_bytes, info, watcher, permit);
+    };
+    match tokio::time::timeout_at(first_bytes, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => run(ctx, stream, first_bytes, info, watcher, permit),
+        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!("no TLS handshake within --header-timeout"),
+    }
+}
+
+/// Serves HTTP on `io` (the socket, or the TLS stream over it) in a task of
+/// its own; `first_bytes` is when the protocol must be known.
+fn run<S>(
+    ctx: &Arc<WorkerCtx>,
+    io: S,
+    first_bytes: Instant,
+    info: ConnInfo,
+    watcher: Watcher,
+    permit: Slot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = &ctx.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -84,18 +123,14 @@ fn start(ctx: &Arc<WorkerCtx>, fd: OwnedFd, watcher: Watcher, permit: Slot) {
         .keep_alive_interval(limits.h2_keepalive_interval)
         .keep_alive_timeout(limits.h2_keepalive_timeout);
     let svc_ctx = ctx.clone();
-    let info = ConnInfo {
-        peer: stream.peer_addr().ok(),
-        local: stream.local_addr().ok(),
-    };
     let activity = Arc::new(Activity {
         in_flight: AtomicUsize::new(0),
         idle_since: Mutex::new(Instant::now()),
     });
     let io = Guarded {
-        io: stream,
+        io,
         phase: Phase::Opening(0),
-        timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
+        timer: Box::pin(tokio::time::sleep_until(first_bytes)),
         activity: activity.clone(),
         idle_timeout: limits.idle_timeout,
     };
@@ -190,21 +225,21 @@ enum Phase {
     Open,
 }
 
-/// The client's socket, with the deadlines hyper has none for. While the
-/// protocol is not known, `timer` is the --header-timeout deadline and a
-/// read past it fails; after that it is the --idle-timeout deadline, and a
-/// read that would wait past it with no request in flight ends the stream,
-/// so hyper closes the connection (HTTP/2 without GOAWAY, as hyper does
-/// on a PING timeout).
-struct Guarded {
-    io: TcpStream,
+/// The client's socket (or TLS stream), with the deadlines hyper has none
+/// for. While the protocol is not known, `timer` is the --header-timeout
+/// deadline and a read past it fails; after that it is the --idle-timeout
+/// deadline, and a read that would wait past it with no request in flight
+/// ends the stream, so hyper closes the connection (HTTP/2 without GOAWAY,
+/// as hyper does on a PING timeout).
+struct Guarded<S> {
+    io: S,
     phase: Phase,
     timer: Pin<Box<Sleep>>,
     activity: Arc<Activity>,
     idle_timeout: Duration,
 }
 
-impl Guarded {
+impl<S> Guarded<S> {
     /// Moves the phase on with the bytes just read.
     fn saw(&mut self, new: &[u8]) {
         let Phase::Opening(seen) = self.phase else {
@@ -223,7 +258,7 @@ impl Guarded {
     }
 }
 
-impl AsyncRead for Guarded {
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -261,7 +296,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -293,9 +328,11 @@ impl AsyncWrite for Guarded {
 
 #[cfg(test)]
 mod tests {
+    use tokio::net::TcpStream;
+
     use super::*;
 
-    fn guarded(io: TcpStream) -> Guarded {
+    fn guarded(io: TcpStream) -> Guarded<TcpStream> {
         Guarded {
             io,
             phase: Phase::Opening(0),

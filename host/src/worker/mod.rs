@@ -15,6 +15,7 @@ mod connection;
 mod deploy;
 mod edge;
 mod service;
+mod tls;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -85,6 +86,17 @@ async fn run(fd: OwnedFd) -> Result<()> {
             return Err(e);
         }
     };
+    let tls = match init.tls.clone() {
+        Some((cert, key)) => match tls::acceptor(init.index, cert, key).await {
+            Ok(acceptor) => Some(acceptor),
+            Err(e) => {
+                let error = format!("{e:#}");
+                chan.send(&ToPrimary::Failed { error }, None).await.ok();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     std::thread::Builder::new()
         .name("epoch".into())
         .spawn(move || {
@@ -109,7 +121,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
     loop {
         match chan.recv::<ToWorker>().await {
             Ok(Some((ToWorker::Conn { id }, Some(fd)))) => {
-                connection::serve(&ctx, fd, &graceful, &connections);
+                connection::serve(&ctx, fd, &graceful, &connections, tls.as_ref());
                 chan.send(&ToPrimary::Accepted { id }, None).await?;
             }
             Ok(Some((

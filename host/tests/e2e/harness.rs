@@ -189,10 +189,12 @@ impl Server {
             lines,
         };
         let line = server.wait_for_line(Duration::from_secs(120), |l| {
-            l.starts_with("wcluster: listening on http://")
+            l.starts_with("wcluster: listening on http")
         });
         let addr = line
-            .trim_start_matches("wcluster: listening on http://")
+            .trim_start_matches("wcluster: listening on ")
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
             .split_whitespace()
             .next()
             .unwrap()

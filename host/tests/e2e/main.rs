@@ -15,4 +15,5 @@ mod overload;
 mod scale;
 mod serving;
 mod startup;
+mod tls;
 mod trust;
