@@ -16,3 +16,11 @@ if ! command -v curl >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 fi
+
+# Tools the end-to-end tests run for real: promtool (Debian's prometheus)
+# checks the /metrics output; prlimit and setpriv come with util-linux.
+if ! command -v promtool >/dev/null; then
+  echo "setup: installing promtool (apt: prometheus)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi

@@ -74,6 +74,16 @@ pub struct ServeArgs {
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     pub dir: Vec<String>,
 
+    /// Serve /healthz, /readyz, /metrics and /status here (e.g.
+    /// 127.0.0.1:9000 on a host, 0.0.0.0:9000 in a container). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// After SIGTERM, how long /readyz says 503 while wcluster still accepts
+    /// and serves, before the drain begins (time for load balancers to notice).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
     /// How long SIGTERM waits for requests in flight before exiting anyway.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

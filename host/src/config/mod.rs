@@ -34,6 +34,8 @@ pub struct Config {
     pub compile: CompileLimits,
     pub grants: Grants,
     pub drain_timeout: Duration,
+    pub drain_delay: Duration,
+    pub admin: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub smoke: SmokeCheck,
     pub control: Option<PathBuf>,
@@ -165,6 +167,8 @@ impl Config {
             },
             grants,
             drain_timeout: args.drain_timeout,
+            drain_delay: args.drain_delay,
+            admin: args.admin,
             log_format: args.log_format,
             smoke: SmokeCheck {
                 path: args.smoke_path,

@@ -17,9 +17,13 @@
 //! Everything runs on one thread, so nothing here needs a lock, and the
 //! shell holds only what the core cannot: sockets, processes, reply handles.
 
+mod admin;
 mod balancer;
 pub mod control;
 mod core;
+mod listener;
+mod metrics;
+mod notify;
 mod processes;
 mod watcher;
 
@@ -29,9 +33,9 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{mpsc, oneshot};
+use anyhow::{Result, anyhow};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use control::client as control_client;
 
@@ -73,13 +77,19 @@ async fn run(config: Config) -> Result<()> {
         "handler `{}` ready",
         config.handler.display()
     );
-    let listener = bind(config.addr, config.backlog)?;
+    let listener = listener::listen(config.addr, config.backlog)?;
     let addr = listener.local_addr()?;
     let control_path = config
         .control
         .clone()
         .unwrap_or_else(|| control::default_path(addr.port()));
-    let control = control::serve(&control_path, config.control.is_none())?;
+    let (control_tx, control) = mpsc::unbounded_channel();
+    control::serve(&control_path, config.control.is_none(), control_tx.clone())?;
+    let (health_tx, health) = watch::channel((false, false));
+    if let Some(addr) = config.admin {
+        let bound = admin::serve(addr, health, control_tx)?;
+        tracing::info!("admin endpoint: http://{bound}/ (healthz, readyz, metrics, status)");
+    }
     let _cleanup = RemoveOnDrop(control_path.clone());
     let (_watcher, file_events) = if config.watch {
         let (w, rx) = watcher::watch(&config.handler)?;
@@ -108,6 +118,7 @@ async fn run(config: Config) -> Result<()> {
         load_timeout: config.smoke.timeout + LOAD_MARGIN,
         liveness_timeout: config.liveness_timeout,
         drain_timeout: config.drain_timeout,
+        drain_delay: config.drain_delay,
         debounce: DEBOUNCE,
     };
     let (core, effects) = Core::new(settings, first, Instant::now());
@@ -123,6 +134,7 @@ async fn run(config: Config) -> Result<()> {
         next_control: 1,
         procs: Processes::new(init, config.log_format, inputs_tx.clone()),
         inputs_tx,
+        health: health_tx,
         exit: None,
     };
     shell.perform_all(effects);
@@ -143,6 +155,8 @@ struct Shell {
     next_control: ControlId,
     procs: Processes,
     inputs_tx: mpsc::UnboundedSender<Input>,
+    /// (ready, healthy), for the admin endpoint's probes.
+    health: watch::Sender<(bool, bool)>,
     exit: Option<Result<(), String>>,
 }
 
@@ -154,6 +168,8 @@ impl Shell {
         mut signals: mpsc::UnboundedReceiver<signal::SignalEvent>,
         mut file_events: mpsc::UnboundedReceiver<()>,
     ) -> Result<()> {
+        let ping = notify::watchdog_interval();
+        let mut watchdog = tokio::time::interval(ping.unwrap_or(Duration::from_secs(3600)));
         while self.exit.is_none() {
             let deadline = self.core.poll_timeout();
             let accepting = self.core.accepting();
@@ -185,6 +201,11 @@ impl Shell {
                     }
                 },
                 () = sleep_until(deadline) => Input::Tick,
+                _ = watchdog.tick(), if ping.is_some() => {
+                    // The loop runs: systemd's watchdog may wait on.
+                    notify::watchdog();
+                    continue;
+                }
             };
             self.feed(input);
         }
@@ -202,6 +223,9 @@ impl Shell {
         }
         let effects = self.core.handle(Instant::now(), input);
         self.perform_all(effects);
+        let now = (self.core.ready(), self.core.healthy());
+        self.health
+            .send_if_modified(|h| std::mem::replace(h, now) != now);
     }
 
     fn perform_all(&mut self, effects: Vec<Effect>) {
@@ -260,7 +284,18 @@ impl Shell {
                     tx.send(reply).ok();
                 }
             }
-            Effect::Announce(Announcement::Listening { workers }) => {
+            Effect::Announce(a) => self.announce(a),
+            Effect::StopListening => self.listener = None,
+            Effect::Exit(result) => self.exit = Some(result),
+        }
+        None
+    }
+
+    /// A line on stdout for people and tests; systemd's state, if it asks.
+    fn announce(&mut self, a: Announcement) {
+        notify::announce(&a);
+        match a {
+            Announcement::Listening { workers } => {
                 let plural = if workers == 1 { "worker" } else { "workers" };
                 println!(
                     "wcluster: listening on {}://{} ({workers} {plural})",
@@ -273,18 +308,18 @@ impl Shell {
                 );
                 tracing::info!("control socket: {}", self.control_path.display());
             }
-            Effect::Announce(Announcement::Rolled {
+            Announcement::Rolled {
                 version,
                 workers,
                 ms,
-            }) => {
+            } => {
                 let plural = if workers == 1 { "worker" } else { "workers" };
                 println!("wcluster: rolled to {version} on {workers} {plural} in {ms} ms");
             }
-            Effect::StopListening => self.listener = None,
-            Effect::Exit(result) => self.exit = Some(result),
+            Announcement::RollStarted { .. }
+            | Announcement::RollEnded { .. }
+            | Announcement::Draining => {}
         }
-        None
     }
 }
 
@@ -301,22 +336,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
-}
-
-fn bind(addr: std::net::SocketAddr, backlog: u32) -> Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }?;
-    // Lets a restarted wcluster bind while old connections sit in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket
-        .bind(addr)
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    socket
-        .listen(backlog)
-        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Removes the control socket when the primary exits normally.

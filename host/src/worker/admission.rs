@@ -88,6 +88,14 @@ impl Requests {
     pub fn in_flight(&self) -> usize {
         self.max_concurrent - self.permits.available_permits()
     }
+
+    /// Requests refused so far: (queue full, waited too long).
+    pub fn rejected(&self) -> (u64, u64) {
+        (
+            self.queue_full.load(Ordering::Relaxed),
+            self.waited_out.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Open connections, bounded by --max-connections.

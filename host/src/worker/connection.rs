@@ -54,6 +54,7 @@ pub fn serve(
     connections: &Arc<Connections>,
     tls: Option<&TlsAcceptor>,
 ) {
+    ctx.counters.connection();
     let (ctx, watcher, connections) = (ctx.clone(), graceful.watcher(), connections.clone());
     let tls = tls.cloned();
     tokio::spawn(async move {

@@ -14,6 +14,7 @@ mod admission;
 mod connection;
 mod deploy;
 mod edge;
+mod metrics;
 mod service;
 mod tls;
 
@@ -116,7 +117,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
         None,
     )
     .await?;
-    spawn_stats(ctx.clone(), chan.clone());
+    spawn_stats(ctx.clone(), chan.clone(), connections.clone());
 
     loop {
         match chan.recv::<ToWorker>().await {
@@ -135,12 +136,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
                 deployer.spawn_load(ctx.clone(), chan.clone(), artifact, version, digest);
             }
             Ok(Some((ToWorker::Report, _))) => {
-                let (requests, in_flight) = ctx.stats();
-                let stats = ToPrimary::Stats {
-                    requests,
-                    in_flight,
-                };
-                chan.send(&stats, None).await?;
+                chan.send(&ctx.stats(connections.open()), None).await?;
             }
             Ok(Some((ToWorker::Drain, _))) => break,
             Ok(Some((other, _))) => {
@@ -161,6 +157,8 @@ async fn run(fd: OwnedFd) -> Result<()> {
             "drain timeout passed with requests in flight"
         );
     }
+    // The last counts, so the primary's totals include this worker's end.
+    chan.send(&ctx.stats(0), None).await.ok();
     Ok(())
 }
 
@@ -176,23 +174,17 @@ async fn drain(ctx: &WorkerCtx, connections: &admission::Connections, drain_time
 }
 
 /// Reports the worker's counts to the primary every second, for `status`.
-fn spawn_stats(ctx: Arc<service::WorkerCtx>, chan: Arc<Channel>) {
+fn spawn_stats(
+    ctx: Arc<service::WorkerCtx>,
+    chan: Arc<Channel>,
+    connections: Arc<admission::Connections>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATS_INTERVAL);
         loop {
             tick.tick().await;
-            let (requests, in_flight) = ctx.stats();
-            if chan
-                .send(
-                    &ToPrimary::Stats {
-                        requests,
-                        in_flight,
-                    },
-                    None,
-                )
-                .await
-                .is_err()
-            {
+            let stats = ctx.stats(connections.open());
+            if chan.send(&stats, None).await.is_err() {
                 return;
             }
         }

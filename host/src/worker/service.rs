@@ -14,7 +14,9 @@ use hyper::body::Incoming;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::admission::{Refused, Requests};
+use super::metrics::Counters;
 use crate::config::RequestLimits;
+use crate::ipc::ToPrimary;
 use crate::runtime::guest::GuestError;
 use crate::runtime::handler::Handler;
 
@@ -26,6 +28,7 @@ pub struct WorkerCtx {
     /// so requests in flight finish on the version they began on.
     handler: RwLock<Arc<Handler>>,
     pub requests: Arc<Requests>,
+    pub counters: Counters,
     next_request: AtomicU64,
     /// Set when the worker drains: HTTP/1 responses carry `Connection:
     /// close`, so keep-alive clients move to another worker cleanly.
@@ -39,6 +42,7 @@ impl WorkerCtx {
             pid: std::process::id(),
             handler: RwLock::new(Arc::new(handler)),
             requests: Arc::new(Requests::new(&limits)),
+            counters: Counters::default(),
             limits,
             next_request: AtomicU64::new(1),
             draining: AtomicBool::new(false),
@@ -60,10 +64,16 @@ impl WorkerCtx {
         *self.handler.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(handler);
     }
 
-    /// (requests served, requests in flight)
-    pub fn stats(&self) -> (u64, u32) {
-        let served = self.next_request.load(Ordering::Relaxed) - 1;
-        (served, self.requests.in_flight() as u32)
+    /// The `Stats` message: requests started, in flight, and the counters.
+    pub fn stats(&self, open_connections: usize) -> ToPrimary {
+        ToPrimary::Stats {
+            requests: self.next_request.load(Ordering::Relaxed) - 1,
+            in_flight: self.requests.in_flight() as u32,
+            counts: Box::new(
+                self.counters
+                    .snapshot(open_connections, self.requests.rejected()),
+            ),
+        }
     }
 }
 
@@ -83,6 +93,8 @@ pub async fn handle(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    ctx.counters
+        .request(&method, resp.status().as_u16(), start.elapsed());
     tracing::info!(
         target: "access",
         worker = ctx.index,
@@ -163,6 +175,7 @@ async fn respond(
     match result {
         Ok(resp) => resp,
         Err(GuestError::Timeout) => {
+            ctx.counters.guest_failure("deadline");
             tracing::warn!(request = %request_id, "handler exceeded the request deadline of {:?}", limits.timeout);
             error(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -173,6 +186,7 @@ async fn respond(
             )
         }
         Err(GuestError::BadGateway(why)) => {
+            ctx.counters.guest_failure("bad_gateway");
             tracing::warn!(request = %request_id, "CGI handler gave no valid response: {why}");
             error(
                 StatusCode::BAD_GATEWAY,
@@ -183,6 +197,7 @@ async fn respond(
             // One line per failure; the guest's backtrace only at debug level.
             let cause = e.root_cause().to_string();
             let cause = cause.lines().next().unwrap_or_default();
+            ctx.counters.guest_failure(failure_kind(cause));
             tracing::warn!(request = %request_id, "handler failed: {cause}");
             tracing::debug!(request = %request_id, "handler failure in full: {e:?}");
             error(
@@ -190,6 +205,17 @@ async fn respond(
                 "handler failed\n".to_string(),
             )
         }
+    }
+}
+
+/// The metrics' name for why a guest gave no response, from its error.
+fn failure_kind(cause: &str) -> &'static str {
+    if cause.contains("without setting a response") {
+        "no_response"
+    } else if cause.contains("memory") {
+        "memory_limit"
+    } else {
+        "trap"
     }
 }
 

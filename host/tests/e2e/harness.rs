@@ -151,21 +151,25 @@ impl Server {
 
     /// `start` with a cache directory of the test's own.
     pub fn start_with_cache(handler: &Path, extra: &[&str], cache: &Path) -> Server {
-        let control = control_path();
         let mut cmd = wcluster();
         cmd.arg("serve")
             .arg(handler)
-            .args([
-                "--addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--cache-dir",
-            ])
+            .args(["--addr", "127.0.0.1:0"])
+            .args(extra);
+        let mut server = Server::spawn(cmd, cache);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts `cmd` (a `wcluster serve ...`, or a program that runs one)
+    /// with JSON logs, the cache and a control socket of its own, without
+    /// waiting for it to be ready.
+    pub fn spawn(mut cmd: Command, cache: &Path) -> Server {
+        let control = control_path();
+        cmd.args(["--log-format", "json", "--cache-dir"])
             .arg(cache)
             .arg("--control")
             .arg(&control)
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -182,12 +186,17 @@ impl Server {
                 }
             });
         }
-        let mut server = Server {
+        Server {
             child: Some(child),
             addr: "127.0.0.1:0".parse().unwrap(),
             control,
             lines,
-        };
+        }
+    }
+
+    /// Waits for the readiness line and learns the address from it.
+    pub fn wait_ready(&mut self) {
+        let server = self;
         let line = server.wait_for_line(Duration::from_secs(120), |l| {
             l.starts_with("wcluster: listening on http")
         });
@@ -200,7 +209,6 @@ impl Server {
             .unwrap()
             .trim_end_matches('/');
         server.addr = addr.parse().unwrap();
-        server
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `wcluster` binary, real HTTP, handlers built
 //! from source (tests/handlers, examples/).
 
+mod admin;
 mod cgi;
 mod chaos;
 mod deploy;
@@ -15,5 +16,6 @@ mod overload;
 mod scale;
 mod serving;
 mod startup;
+mod systemd;
 mod tls;
 mod trust;

@@ -69,6 +69,7 @@ fn text(reply: &Reply) -> String {
             s.target
         ),
         Reply::Scale(s) => format!("scaling to {} workers\n", s.target),
+        Reply::Metrics(m) => serde_json::to_string_pretty(m).unwrap_or_default() + "\n",
     }
 }
 

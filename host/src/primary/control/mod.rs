@@ -38,17 +38,16 @@ pub fn default_path(port: u16) -> PathBuf {
     dir.join(format!("wcluster-{port}.sock"))
 }
 
-/// Binds the socket and forwards each request to the primary's loop.
+/// Binds the socket and forwards each request to the primary's loop (`tx`).
 /// `private_parent`: the path is the default one, whose directory is
 /// created private (and refused if it is not).
-pub fn serve(path: &Path, private_parent: bool) -> Result<mpsc::UnboundedReceiver<Request>> {
+pub fn serve(path: &Path, private_parent: bool, tx: mpsc::UnboundedSender<Request>) -> Result<()> {
     if private_parent && let Some(dir) = path.parent() {
         crate::runtime::cache::private_dir(dir, "control socket directory", "--control")?;
     }
     clear_stale(path)?;
     let listener = UnixListener::bind(path)
         .with_context(|| format!("cannot create control socket `{}`", path.display()))?;
-    let (tx, rx) = mpsc::unbounded_channel();
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     tokio::spawn(async move {
         loop {
@@ -75,7 +74,7 @@ pub fn serve(path: &Path, private_parent: bool) -> Result<mpsc::UnboundedReceive
             }
         }
     });
-    Ok(rx)
+    Ok(())
 }
 
 /// Removes a socket left behind by a server of ours that was killed; refuses

@@ -7,13 +7,19 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ipc::messages::WorkerCounts;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Status,
     Reload,
     Rollback,
-    Scale { workers: usize },
+    Scale {
+        workers: usize,
+    },
+    /// The counters behind the admin endpoint's /metrics.
+    Metrics,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +28,7 @@ pub enum Reply {
     Status(Status),
     Deploy(DeployOutcome),
     Scale(ScaleOutcome),
+    Metrics(Box<MetricsSnapshot>),
     Refused { reason: Refusal },
 }
 
@@ -29,7 +36,7 @@ impl Reply {
     /// Whether the command did what was asked (the client's exit status).
     pub fn ok(&self) -> bool {
         match self {
-            Reply::Status(_) | Reply::Scale(_) => true,
+            Reply::Status(_) | Reply::Scale(_) | Reply::Metrics(_) => true,
             Reply::Deploy(d) => d.ok(),
             Reply::Refused { .. } => false,
         }
@@ -70,7 +77,7 @@ impl fmt::Display for Refusal {
 }
 
 /// What started a deploy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeployKind {
     /// The version the server started with.
@@ -98,6 +105,31 @@ impl DeployOutcome {
             self.result,
             DeployResult::Refused { .. } | DeployResult::RolledBack { .. }
         )
+    }
+}
+
+impl DeployResult {
+    /// Its name, as in the JSON (`outcome`) and the metrics' label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeployResult::Started => "started",
+            DeployResult::Rolled { .. } => "rolled",
+            DeployResult::Unchanged => "unchanged",
+            DeployResult::Refused { .. } => "refused",
+            DeployResult::RolledBack { .. } => "rolled_back",
+            DeployResult::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl DeployKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeployKind::Start => "start",
+            DeployKind::Deploy => "deploy",
+            DeployKind::Rollback => "rollback",
+            DeployKind::CatchUp => "catch_up",
+        }
     }
 }
 
@@ -246,4 +278,33 @@ pub struct Status {
     pub queued_connections: usize,
     /// Connections sent to a worker that has not acknowledged them yet.
     pub connections_in_transit: usize,
+}
+
+/// What /metrics is made of: the status, every live worker's counters, the
+/// counters of workers that are gone, and the primary's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    pub status: Status,
+    /// Counters of the live workers, in slot order (`status.workers`).
+    pub workers: Vec<WorkerCounts>,
+    /// Counters of workers that are gone, so totals never go down.
+    pub retired: WorkerCounts,
+    pub connections_accepted: u64,
+    pub connections_handed_off: u64,
+    /// Accepted and closed unserved (only when shutting down).
+    pub connections_refused: u64,
+    /// Deploys by kind and outcome, since start.
+    pub deploys: Vec<DeployCount>,
+    /// How long ago the last deploy ended.
+    pub last_deploy_age_ms: u64,
+    /// How long the live version took to compile (0: it came from the cache).
+    pub compile_ms: u64,
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployCount {
+    pub kind: DeployKind,
+    pub outcome: String,
+    pub count: u64,
 }

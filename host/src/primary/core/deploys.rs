@@ -242,6 +242,11 @@ impl Core {
         waiters: Vec<ControlId>,
         target: Artifact,
     ) {
+        if kind != DeployKind::CatchUp {
+            self.out.push(Effect::Announce(Announcement::RollStarted {
+                version: target.version.clone(),
+            }));
+        }
         self.deploys.roll = Some(Roll {
             kind,
             started,
@@ -488,6 +493,11 @@ impl Core {
             version: Some(roll.target.version),
             result: outcome,
         };
+        if roll.kind != DeployKind::CatchUp {
+            self.out.push(Effect::Announce(Announcement::RollEnded {
+                serving: self.deploys.current.version.clone(),
+            }));
+        }
         tracing::info!(switched = roll.switched, "{outcome}");
         self.finish_deploy(now, roll.waiters, outcome);
     }
@@ -495,6 +505,13 @@ impl Core {
     /// Records the outcome, answers the waiters, and starts the deploy that
     /// was asked for meanwhile, if any.
     fn finish_deploy(&mut self, now: Instant, waiters: Vec<ControlId>, outcome: DeployOutcome) {
+        let result = outcome.result.name().to_string();
+        *self
+            .counters
+            .deploys
+            .entry((outcome.kind, result))
+            .or_default() += 1;
+        self.counters.last_deploy = Some(now);
         let d = &mut self.deploys;
         if outcome.kind != DeployKind::CatchUp {
             d.last = outcome.clone();

@@ -61,6 +61,7 @@ impl Core {
     pub(super) fn conn_accepted(&mut self, worker: WorkerId, id: ConnId) {
         if self.in_transit.get(&id) == Some(&worker) {
             self.in_transit.remove(&id);
+            self.counters.handed_off += 1;
             self.out.push(Effect::CloseConn(id));
         }
     }

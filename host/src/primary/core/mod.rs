@@ -27,7 +27,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::balancer::RoundRobin;
-use super::control::protocol::{Refusal, Reply, Request, Status};
+use super::control::protocol::{
+    DeployCount, DeployKind, MetricsSnapshot, Refusal, Reply, Request, Status,
+};
 use crate::ipc::{ToPrimary, ToWorker};
 use crate::runtime::artifact::Artifact;
 use crate::signal::SignalEvent;
@@ -140,6 +142,12 @@ pub enum Announcement {
         workers: usize,
         ms: u64,
     },
+    /// A deploy or rollback began rolling `version` (systemd: RELOADING).
+    RollStarted { version: String },
+    /// It ended, either way; `serving` is the live version (systemd: READY).
+    RollEnded { serving: String },
+    /// SIGTERM: not ready any more, the drain follows (systemd: STOPPING).
+    Draining,
 }
 
 /// The core's limits and timings, from the checked configuration.
@@ -152,6 +160,9 @@ pub struct Settings {
     pub liveness_timeout: Duration,
     /// How long SIGTERM waits for workers before killing them.
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long readiness reads "not ready" while the
+    /// cluster still accepts, before the drain begins.
+    pub drain_delay: Duration,
     pub debounce: Duration,
 }
 
@@ -178,6 +189,7 @@ enum Phase {
 /// A `status` request waiting for the workers' fresh counts.
 struct StatusWait {
     to: ControlId,
+    metrics: bool,
     waiting: HashSet<WorkerId>,
     deadline: Instant,
 }
@@ -200,7 +212,23 @@ pub struct Core {
     debounce_until: Option<Instant>,
     next_liveness_check: Instant,
     status_waits: Vec<StatusWait>,
+    /// SIGTERM arrived; the drain begins at this time (--drain-delay).
+    drain_at: Option<Instant>,
+    draining_announced: bool,
+    counters: Counters,
     out: Vec<Effect>,
+}
+
+/// The primary's own counters, for /metrics.
+#[derive(Default)]
+struct Counters {
+    /// Counters of workers that are gone, so totals never go down.
+    retired: crate::ipc::messages::WorkerCounts,
+    accepted: u64,
+    handed_off: u64,
+    refused: u64,
+    deploys: std::collections::BTreeMap<(DeployKind, String), u64>,
+    last_deploy: Option<Instant>,
 }
 
 impl Core {
@@ -221,6 +249,9 @@ impl Core {
             debounce_until: None,
             next_liveness_check: now + LIVENESS_CHECK,
             status_waits: Vec::new(),
+            drain_at: None,
+            draining_announced: false,
+            counters: Counters::default(),
             out: Vec::new(),
             settings,
         };
@@ -255,6 +286,7 @@ impl Core {
         t.extend(self.deploys.deadline());
         t.extend(self.debounce_until);
         t.extend(self.status_waits.iter().map(|w| w.deadline));
+        t.extend(self.drain_at);
         if let Phase::Draining { kill_at } = self.phase {
             t.push(kill_at);
         }
@@ -272,6 +304,22 @@ impl Core {
             && (0..self.slots.len()).any(|i| self.is_ready(i))
     }
 
+    /// Whether a load balancer should send traffic: running, with a ready
+    /// worker, and no SIGTERM yet (it flips before anything else of a drain).
+    pub fn ready(&self) -> bool {
+        self.phase == Phase::Running
+            && self.drain_at.is_none()
+            && self.slots.iter().any(|s| s.state == WorkerState::Ready)
+    }
+
+    /// Whether the process is alive and working: a ready worker, or a
+    /// deliberate drain in progress.
+    pub fn healthy(&self) -> bool {
+        matches!(self.phase, Phase::Draining { .. })
+            || (self.phase == Phase::Running
+                && self.slots.iter().any(|s| s.state == WorkerState::Ready))
+    }
+
     #[cfg(test)]
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
@@ -279,7 +327,10 @@ impl Core {
 
     fn on_input(&mut self, now: Instant, input: Input) {
         match input {
-            Input::Accepted(conn) => self.dispatch(conn),
+            Input::Accepted(conn) => {
+                self.counters.accepted += 1;
+                self.dispatch(conn)
+            }
             Input::ConnNotSent { conn, worker, full } => {
                 self.conn_not_sent(now, conn, worker, full)
             }
@@ -343,10 +394,12 @@ impl Core {
             ToPrimary::Stats {
                 requests,
                 in_flight,
+                counts,
             } => {
                 if let Some(slot) = self.slot_of(worker) {
                     slot.requests = requests;
                     slot.in_flight = in_flight;
+                    slot.counts = *counts;
                 }
                 for wait in &mut self.status_waits {
                     wait.waiting.remove(&worker);
@@ -359,7 +412,7 @@ impl Core {
 
     fn control(&mut self, now: Instant, to: ControlId, request: Request) {
         match request {
-            Request::Status => {
+            Request::Status | Request::Metrics => {
                 // Ask the ready workers for fresh counts; answer when all
                 // have, or at the deadline with what is known.
                 let waiting: HashSet<WorkerId> = self
@@ -372,6 +425,7 @@ impl Core {
                 }
                 self.status_waits.push(StatusWait {
                     to,
+                    metrics: request == Request::Metrics,
                     waiting,
                     deadline: now + STATUS_WAIT,
                 });
@@ -385,7 +439,7 @@ impl Core {
 
     fn signal(&mut self, now: Instant, signal: SignalEvent) {
         match signal {
-            SignalEvent::Shutdown => self.shutdown(now),
+            SignalEvent::Shutdown => self.begin_shutdown(now),
             SignalEvent::Reload => {
                 tracing::info!("SIGHUP: reloading");
                 self.trigger(now, None);
@@ -403,6 +457,9 @@ impl Core {
 
     /// The deadlines that have passed.
     fn on_timers(&mut self, now: Instant) {
+        if self.drain_at.is_some_and(|t| now >= t) {
+            self.shutdown(now);
+        }
         if self.debounce_until.is_some_and(|t| now >= t) {
             self.debounce_until = None;
             tracing::info!("handler file changed");
@@ -463,8 +520,12 @@ impl Core {
             .partition(|w| w.waiting.is_empty());
         self.status_waits = waiting;
         for w in done {
-            let status = self.status(now);
-            self.out.push(Effect::Reply(w.to, Reply::Status(status)));
+            let reply = if w.metrics {
+                Reply::Metrics(Box::new(self.metrics(now)))
+            } else {
+                Reply::Status(self.status(now))
+            };
+            self.out.push(Effect::Reply(w.to, reply));
         }
     }
 
@@ -491,7 +552,53 @@ impl Core {
         }
     }
 
+    /// What /metrics reports.
+    pub fn metrics(&self, now: Instant) -> MetricsSnapshot {
+        let c = &self.counters;
+        MetricsSnapshot {
+            status: self.status(now),
+            workers: self.slots.iter().map(|s| s.counts.clone()).collect(),
+            retired: c.retired.clone(),
+            connections_accepted: c.accepted,
+            connections_handed_off: c.handed_off,
+            connections_refused: c.refused,
+            deploys: c
+                .deploys
+                .iter()
+                .map(|((kind, outcome), n)| DeployCount {
+                    kind: *kind,
+                    outcome: outcome.clone(),
+                    count: *n,
+                })
+                .collect(),
+            last_deploy_age_ms: c
+                .last_deploy
+                .map_or(0, |t| now.saturating_duration_since(t).as_millis() as u64),
+            compile_ms: self.deploys.current().compile_time.as_millis() as u64,
+            ready: self.ready(),
+        }
+    }
+
+    /// SIGTERM/SIGINT: readiness flips at once; the drain follows after
+    /// --drain-delay, while the cluster still serves what load balancers
+    /// send before they notice.
+    fn begin_shutdown(&mut self, now: Instant) {
+        if self.phase == Phase::Running && !self.settings.drain_delay.is_zero() {
+            self.announce_draining();
+            if self.drain_at.is_none() {
+                tracing::info!(
+                    "shutting down: not ready; draining in {:?} (--drain-delay)",
+                    self.settings.drain_delay
+                );
+                self.drain_at = Some(now + self.settings.drain_delay);
+            }
+            return;
+        }
+        self.shutdown(now);
+    }
+
     fn shutdown(&mut self, now: Instant) {
+        self.drain_at = None;
         match self.phase {
             Phase::Starting => {
                 let all: Vec<WorkerId> = self.unreaped.iter().copied().collect();
@@ -506,6 +613,7 @@ impl Core {
                     self.settings.drain_timeout
                 );
                 self.out.push(Effect::StopListening);
+                self.announce_draining();
                 // Connections waiting for a worker get one before the drain.
                 self.flush_queue();
                 self.phase = Phase::Draining {
@@ -517,6 +625,7 @@ impl Core {
                     self.drain_worker(now, w);
                 }
                 for conn in std::mem::take(&mut self.queue) {
+                    self.counters.refused += 1;
                     self.out.push(Effect::CloseConn(conn));
                 }
                 for wait in &mut self.status_waits {
@@ -528,6 +637,12 @@ impl Core {
                 }
             }
             Phase::Draining { .. } | Phase::Done => {}
+        }
+    }
+
+    fn announce_draining(&mut self) {
+        if !std::mem::replace(&mut self.draining_announced, true) {
+            self.out.push(Effect::Announce(Announcement::Draining));
         }
     }
 
@@ -543,6 +658,7 @@ impl Core {
         }
         self.phase = Phase::Done;
         for conn in std::mem::take(&mut self.queue) {
+            self.counters.refused += 1;
             self.out.push(Effect::CloseConn(conn));
         }
         self.out.push(Effect::Exit(result));

@@ -197,6 +197,7 @@ impl World {
                     ToPrimary::Stats {
                         requests: 0,
                         in_flight: 0,
+                        counts: Default::default(),
                     },
                 ));
             }
@@ -231,6 +232,7 @@ impl World {
                 ToPrimary::Stats {
                     requests: 0,
                     in_flight: 0,
+                    counts: Default::default(),
                 },
             ));
         }

@@ -23,6 +23,7 @@ pub(super) fn settings(workers: usize) -> Settings {
         load_timeout: Duration::from_secs(20),
         liveness_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(30),
+        drain_delay: Duration::ZERO,
         debounce: Duration::from_millis(200),
     }
 }
@@ -258,6 +259,7 @@ fn a_full_channel_skips_the_worker_until_it_speaks() {
         ToPrimary::Stats {
             requests: 0,
             in_flight: 0,
+            counts: Default::default(),
         },
     ));
     let fx = sim.input(Input::Accepted(3));
@@ -492,6 +494,7 @@ fn a_worker_that_never_answers_load_is_killed_at_the_deadline() {
                 ToPrimary::Stats {
                     requests: 0,
                     in_flight: 0,
+                    counts: Default::default(),
                 },
             ));
         }
@@ -772,6 +775,7 @@ fn a_silent_worker_is_killed_but_a_stalled_primary_kills_nobody() {
             ToPrimary::Stats {
                 requests: 1,
                 in_flight: 0,
+                counts: Default::default(),
             },
         ));
         fx.extend(sim.input(Input::Tick));
@@ -795,6 +799,7 @@ fn status_waits_for_fresh_counts_with_a_deadline() {
         ToPrimary::Stats {
             requests: 42,
             in_flight: 1,
+            counts: Default::default(),
         },
     ));
     assert!(reply(&fx, 5).is_none());
@@ -803,6 +808,7 @@ fn status_waits_for_fresh_counts_with_a_deadline() {
         ToPrimary::Stats {
             requests: 8,
             in_flight: 0,
+            counts: Default::default(),
         },
     ));
     let Some(Reply::Status(s)) = reply(&fx, 5) else {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Announcement, ControlId, Core, Effect, Gone, Phase, WorkerId, WorkerState};
 use crate::ipc::ToWorker;
+use crate::ipc::messages::WorkerCounts;
 use crate::primary::control::protocol::{Refusal, Reply, ScaleOutcome, WorkerStatus};
 
 /// A worker that lived this long before dying is not in a crash loop.
@@ -37,6 +38,8 @@ pub(super) struct Slot {
     pub respawn_at: Option<Instant>,
     /// When a draining worker is killed if it has not exited.
     pub drain_deadline: Option<Instant>,
+    /// Its counters, as last reported.
+    pub counts: WorkerCounts,
 }
 
 impl Slot {
@@ -56,6 +59,7 @@ impl Slot {
             restarts: 0,
             respawn_at: None,
             drain_deadline: None,
+            counts: WorkerCounts::default(),
         }
     }
 
@@ -206,6 +210,9 @@ impl Core {
         let expected = slot.state == WorkerState::Draining;
         slot.state = WorkerState::Exited;
         slot.full = false;
+        let mut counts = std::mem::take(&mut slot.counts);
+        counts.connections_open = 0;
+        self.counters.retired.add(&counts);
         if !matches!(why, Gone::Exited(_) | Gone::SpawnFailed(_)) {
             // It cannot be talked to any more: make sure it is gone.
             self.out.push(Effect::Kill(worker));

@@ -1,0 +1,322 @@
+//! /metrics: the core's snapshot (workers' counters, the primary's own) and
+//! each worker's memory and CPU from /proc, as Prometheus text exposition
+//! (the `prometheus` crate's text encoder, which `promtool check metrics`
+//! reads without lint findings).
+
+use std::collections::BTreeMap;
+
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{Encoder, TextEncoder};
+
+use super::control::protocol::{MetricsSnapshot, WorkerState};
+use crate::ipc::messages::{DURATION_BUCKETS, WorkerCounts};
+
+/// Families built one sample at a time.
+#[derive(Default)]
+struct Families(BTreeMap<String, MetricFamily>);
+
+impl Families {
+    fn family(&mut self, name: &str, help: &str, kind: MetricType) -> &mut MetricFamily {
+        self.0.entry(name.to_string()).or_insert_with(|| {
+            let mut f = MetricFamily::default();
+            f.set_name(name.to_string());
+            f.set_help(help.to_string());
+            f.set_field_type(kind);
+            f
+        })
+    }
+
+    fn sample(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let mut m = Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name(k.to_string());
+                    l.set_value(v.to_string());
+                    l
+                })
+                .collect(),
+        );
+        if kind == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        self.family(name, help, kind).mut_metric().push(m);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.sample(name, help, MetricType::COUNTER, labels, value as f64);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.sample(name, help, MetricType::GAUGE, labels, value);
+    }
+}
+
+/// What /proc says of a process: resident bytes and CPU seconds.
+fn proc_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: utime and stime
+    // are the 12th and 13th after it, rss the 22nd (in pages).
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+    let cpu =
+        (rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?) / ticks as f64;
+    let rss = rest.get(21)?.parse::<f64>().ok()? * page as f64;
+    Some((rss, cpu))
+}
+
+/// The exposition text.
+pub fn render(s: &MetricsSnapshot) -> String {
+    let mut f = Families::default();
+    let mut total = s.retired.clone();
+    for w in &s.workers {
+        total.add(w);
+    }
+    requests(&mut f, &total);
+    let info = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("wasmtime", WASMTIME_VERSION),
+    ];
+    f.gauge(
+        "wcluster_build_info",
+        "wcluster and wasmtime versions (always 1).",
+        &info,
+        1.0,
+    );
+    let c = [
+        (
+            "wcluster_connections_accepted_total",
+            "Connections the primary accepted.",
+            s.connections_accepted,
+        ),
+        (
+            "wcluster_connections_handed_off_total",
+            "Connections a worker acknowledged taking.",
+            s.connections_handed_off,
+        ),
+        (
+            "wcluster_connections_refused_total",
+            "Connections accepted and closed unserved (when shutting down).",
+            s.connections_refused,
+        ),
+    ];
+    for (name, help, v) in c {
+        f.counter(name, help, &[], v);
+    }
+    let in_flight: u32 = s.status.workers.iter().map(|w| w.in_flight).sum();
+    f.gauge(
+        "wcluster_http_requests_in_flight",
+        "Requests running in the workers now.",
+        &[],
+        in_flight as f64,
+    );
+    f.gauge(
+        "wcluster_connections_open",
+        "Client connections open in the workers.",
+        &[],
+        total.connections_open as f64,
+    );
+    f.gauge(
+        "wcluster_handoff_queue_length",
+        "Connections accepted and waiting for a worker, or in transit to one.",
+        &[],
+        (s.status.queued_connections + s.status.connections_in_transit) as f64,
+    );
+    let restarts: u64 = s.status.workers.iter().map(|w| w.restarts).sum();
+    f.counter(
+        "wcluster_worker_restarts_total",
+        "Workers replaced after dying.",
+        &[],
+        restarts,
+    );
+    for state in [
+        WorkerState::Starting,
+        WorkerState::Ready,
+        WorkerState::Draining,
+    ] {
+        let n = s.status.workers.iter().filter(|w| w.state == state).count();
+        let name = serde_json::to_value(state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.gauge(
+            "wcluster_workers",
+            "Workers by state.",
+            &[("state", &name)],
+            n as f64,
+        );
+    }
+    f.gauge(
+        "wcluster_workers_target",
+        "Workers asked for.",
+        &[],
+        s.status.target_workers as f64,
+    );
+    for w in &s.status.workers {
+        let Some((rss, cpu)) = w.pid.and_then(proc_usage) else {
+            continue;
+        };
+        let index = w.index.to_string();
+        f.gauge(
+            "wcluster_worker_resident_memory_bytes",
+            "Resident memory of each worker process.",
+            &[("worker", &index)],
+            rss,
+        );
+        f.counter_f(
+            "wcluster_worker_cpu_seconds_total",
+            "CPU time of each worker process.",
+            &[("worker", &index)],
+            cpu,
+        );
+    }
+    for d in &s.deploys {
+        f.counter(
+            "wcluster_deploys_total",
+            "Deploys by kind and outcome.",
+            &[("kind", d.kind.name()), ("outcome", &d.outcome)],
+            d.count,
+        );
+    }
+    f.gauge(
+        "wcluster_version_info",
+        "The live handler version (always 1).",
+        &[("version", &s.status.version)],
+        1.0,
+    );
+    f.gauge(
+        "wcluster_generation",
+        "Successful rolls since start (1: the first version).",
+        &[],
+        s.status.generation as f64,
+    );
+    f.gauge(
+        "wcluster_last_deploy_age_seconds",
+        "Seconds since the last deploy ended.",
+        &[],
+        s.last_deploy_age_ms as f64 / 1000.0,
+    );
+    f.gauge(
+        "wcluster_compile_duration_seconds",
+        "How long the live version took to compile and check (near 0 from the cache).",
+        &[],
+        s.compile_ms as f64 / 1000.0,
+    );
+    f.gauge(
+        "wcluster_ready",
+        "1 while the cluster takes traffic (/readyz).",
+        &[],
+        if s.ready { 1.0 } else { 0.0 },
+    );
+    let mut out = Vec::new();
+    let families: Vec<MetricFamily> = f.0.into_values().collect();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("text encoding into memory does not fail");
+    String::from_utf8(out).expect("the text encoder writes UTF-8")
+}
+
+impl Families {
+    fn counter_f(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.sample(name, help, MetricType::COUNTER, labels, value);
+    }
+}
+
+/// Requests, durations, guest failures and refusals, summed over workers.
+fn requests(f: &mut Families, t: &WorkerCounts) {
+    for (method, statuses) in &t.requests {
+        for (status, n) in statuses {
+            let code = status.to_string();
+            f.counter(
+                "wcluster_http_requests_total",
+                "Requests answered, by method class and status code.",
+                &[("method", method), ("code", &code)],
+                *n,
+            );
+        }
+    }
+    if t.requests.is_empty() {
+        // The family exists from the start, so rates have a zero to begin at.
+        f.family(
+            "wcluster_http_requests_total",
+            "Requests answered, by method class and status code.",
+            MetricType::COUNTER,
+        );
+    }
+    let mut h = Histogram::default();
+    let mut cumulative = 0;
+    let mut buckets = Vec::new();
+    for (i, upper) in DURATION_BUCKETS.iter().enumerate() {
+        cumulative += t.duration_buckets.get(i).copied().unwrap_or(0);
+        let mut b = Bucket::default();
+        b.set_upper_bound(*upper);
+        b.set_cumulative_count(cumulative);
+        buckets.push(b);
+    }
+    let count: u64 = t.duration_buckets.iter().sum();
+    h.set_bucket(buckets);
+    h.set_sample_count(count);
+    h.set_sample_sum(t.duration_sum);
+    let mut m = Metric::default();
+    m.set_histogram(h);
+    f.family(
+        "wcluster_http_request_duration_seconds",
+        "Time from a request's arrival to its response head.",
+        MetricType::HISTOGRAM,
+    )
+    .mut_metric()
+    .push(m);
+    for why in [
+        "trap",
+        "deadline",
+        "memory_limit",
+        "no_response",
+        "bad_gateway",
+    ] {
+        f.counter(
+            "wcluster_guest_failures_total",
+            "Guest calls that gave no response, by cause.",
+            &[("cause", why)],
+            t.guest_failures.get(why).copied().unwrap_or(0),
+        );
+    }
+    f.counter(
+        "wcluster_requests_rejected_total",
+        "Requests refused with 503, by reason.",
+        &[("reason", "queue_full")],
+        t.rejected_queue_full,
+    );
+    f.counter(
+        "wcluster_requests_rejected_total",
+        "Requests refused with 503, by reason.",
+        &[("reason", "queue_timeout")],
+        t.rejected_queue_timeout,
+    );
+    f.counter(
+        "wcluster_worker_connections_accepted_total",
+        "Connections the workers took.",
+        &[],
+        t.connections_accepted,
+    );
+}
+
+/// The wasmtime this wcluster embeds.
+const WASMTIME_VERSION: &str = "48.0.8";
