@@ -10,6 +10,8 @@
 # which exercises wcluster's hand-off), POST echo of 64 KiB, and `overload`:
 # keep-alive GET from OVERLOAD_CONNS (1000) connections, far past the
 # defaults, where good/s (responses that were 200) is what counts.
+# `scraped` (not run by default): wcluster's keep-alive GET while its
+# /metrics is scraped every 100 ms; its ratio to `keepalive` is the cost.
 # `tls-keepalive` and `tls-close` (not run by default): the same two GET
 # scenarios over HTTPS (--tls-cert; wrk speaks HTTP/1.1 over TLS), with a
 # self-signed ECDSA P-256 pair made by openssl: wcluster (and
@@ -81,8 +83,10 @@ wait_http() { # url -> ms until the first 200
   echo $(($(date +%s%3N) - start))
 }
 
-start_server() { # name port kind(get|post|tls) -> pid in $server_pid
+start_server() { # name port kind(get|post|tls|scraped) -> pid in $server_pid
   local name=$1 port=$2 kind=$3 file=$hello pair=() tls=()
+  # `scraped`: wcluster with its admin endpoint, for the scraper below.
+  [ "$kind" = scraped ] && tls=(--admin "127.0.0.1:$admin_port")
   [ "$kind" = post ] && file=$echo_wasm
   if [ "$kind" = tls ]; then
     pair=("$work/tls-cert.pem" "$work/tls-key.pem")
@@ -143,6 +147,13 @@ for s in "${servers[@]}"; do
   for sc in "${scenarios[@]}"; do
     kind=get; [ "$sc" = post ] && kind=post
     scheme=http
+    scraper=
+    if [ "$sc" = scraped ]; then
+      # keep-alive GET while /metrics is scraped every 100 ms (what a
+      # Prometheus with a short interval does): compare with `keepalive`.
+      [ "$s" = wcluster ] || continue
+      kind=scraped admin_port=$(free_port)
+    fi
     if [[ $sc == tls-* ]]; then
       # Only wcluster and native hyper are run with TLS here.
       [[ $s == wcluster || $s == wcluster-reuse || $s == native-hyper ]] || continue
@@ -157,7 +168,14 @@ for s in "${servers[@]}"; do
       (sleep $((DURATION / 2)); rss_kb "$server_pid" >"$work/rss") &
       sampler=$!
     fi
+    if [ "$sc" = scraped ]; then
+      (end=$((SECONDS + DURATION + 1)); while [ $SECONDS -lt $end ]; do
+        taskset -c "$CLIENT_CPU" curl -s -o /dev/null "http://127.0.0.1:$admin_port/metrics"; sleep 0.1
+      done) &
+      scraper=$!
+    fi
     result[$s,$sc]=$(run_wrk "$scheme://127.0.0.1:$port/" "$sc")
+    [ -n "$scraper" ] && wait "$scraper"
     [ "$sc" = keepalive ] && { wait "$sampler"; rss_load[$s]=$(cat "$work/rss"); }
     stop_server
     echo "bench: $s $sc: ${result[$s,$sc]}" >&2

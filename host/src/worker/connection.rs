@@ -140,7 +140,9 @@ fn run<S>(
             TokioIo::new(io),
             service_fn(move |mut req| {
                 req.extensions_mut().insert(info);
-                let busy = Busy::new(&activity);
+                // Only HTTP/2 needs it: HTTP/1's wait between requests is
+                // bounded by hyper's header timeout (cheaper hot path).
+                let busy = (req.version() == hyper::Version::HTTP_2).then(|| Busy::new(&activity));
                 let resp = service::handle(svc_ctx.clone(), req);
                 async move {
                     let resp = resp.await?;
@@ -196,7 +198,7 @@ impl Drop for Busy {
 /// A response body that keeps its connection busy until it is done.
 struct Tracked {
     body: HyperOutgoingBody,
-    _busy: Busy,
+    _busy: Option<Busy>,
 }
 
 impl Body for Tracked {
@@ -222,8 +224,11 @@ impl Body for Tracked {
 enum Phase {
     /// Protocol not known yet: this many bytes of the HTTP/2 preface seen.
     Opening(usize),
-    /// HTTP/1 (the first bytes were not the preface) or HTTP/2.
-    Open,
+    /// HTTP/1: hyper's header timeout bounds the wait between requests, so
+    /// reads pass straight through (no timer on the hot path).
+    Http1,
+    /// HTTP/2: the --idle-timeout timer bounds a connection with no streams.
+    Http2,
 }
 
 /// The client's socket (or TLS stream), with the deadlines hyper has none
@@ -249,8 +254,10 @@ impl<S> Guarded<S> {
         let rest = &H2_PREFACE[seen..];
         let n = new.len().min(rest.len());
         let total = seen + new.len();
-        if new.is_empty() || new[..n] != rest[..n] || total >= H2_PREFACE.len() {
-            self.phase = Phase::Open;
+        if new.is_empty() || new[..n] != rest[..n] {
+            self.phase = Phase::Http1;
+        } else if total >= H2_PREFACE.len() {
+            self.phase = Phase::Http2;
             let deadline = Instant::now() + self.idle_timeout;
             self.timer.as_mut().reset(deadline);
         } else {
@@ -273,6 +280,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 return Poll::Ready(Ok(()));
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending if matches!(this.phase, Phase::Http1) => return Poll::Pending,
             Poll::Pending => {}
         }
         // Nothing to read: the wait is bounded by the timer.
@@ -358,20 +366,20 @@ mod tests {
         g.saw(b"PRI * HTTP/2.0\r\n");
         assert!(matches!(g.phase, Phase::Opening(16)));
         g.saw(b"\r\nSM\r\n\r\n");
-        assert!(matches!(g.phase, Phase::Open));
+        assert!(matches!(g.phase, Phase::Http2));
 
         let mut g = guarded(socket().await);
         g.saw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04");
-        assert!(matches!(g.phase, Phase::Open));
+        assert!(matches!(g.phase, Phase::Http2));
 
         let mut g = guarded(socket().await);
         g.saw(b"P");
         g.saw(b"OST / HTTP/1.1\r\n");
-        assert!(matches!(g.phase, Phase::Open));
+        assert!(matches!(g.phase, Phase::Http1));
 
         let mut g = guarded(socket().await);
         g.saw(b"GET / HTTP/1.1\r\n");
-        assert!(matches!(g.phase, Phase::Open));
+        assert!(matches!(g.phase, Phase::Http1));
     }
 
     #[test]

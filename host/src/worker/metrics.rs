@@ -38,12 +38,15 @@ impl Counters {
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(DURATION_BUCKETS.len());
+        let class = method_class(method);
         self.with(|c| {
-            *c.requests
-                .entry(method_class(method).to_string())
-                .or_default()
-                .entry(status)
-                .or_default() += 1;
+            // Looked up before inserting: no allocation per request.
+            match c.requests.get_mut(class) {
+                Some(statuses) => *statuses.entry(status).or_default() += 1,
+                None => {
+                    c.requests.insert(class.to_string(), [(status, 1)].into());
+                }
+            }
             if c.duration_buckets.len() <= DURATION_BUCKETS.len() {
                 c.duration_buckets.resize(DURATION_BUCKETS.len() + 1, 0);
             }

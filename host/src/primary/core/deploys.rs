@@ -227,7 +227,7 @@ impl Core {
     /// A worker is ready on an older version (it was spawned during a roll,
     /// or its slot was refilled): bring it up to date with a roll of its own.
     pub(super) fn catch_up(&mut self, now: Instant) {
-        if self.deploys.busy() || self.all_ready_on(&self.deploys.current.version.clone()) {
+        if self.deploys.busy() || self.all_ready_on(&self.deploys.current.version) {
             return;
         }
         let current = self.deploys.current.clone();

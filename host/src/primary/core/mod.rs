@@ -275,22 +275,27 @@ impl Core {
         if self.phase == Phase::Done {
             return None;
         }
-        let mut t = vec![self.next_liveness_check];
-        t.extend(self.slots.iter().filter_map(|s| s.respawn_at));
-        t.extend(
-            self.slots
-                .iter()
-                .filter(|s| s.state == WorkerState::Draining)
-                .filter_map(|s| s.drain_deadline),
-        );
-        t.extend(self.deploys.deadline());
-        t.extend(self.debounce_until);
-        t.extend(self.status_waits.iter().map(|w| w.deadline));
-        t.extend(self.drain_at);
-        if let Phase::Draining { kill_at } = self.phase {
-            t.push(kill_at);
-        }
-        t.into_iter().min()
+        // Called once per loop iteration: a fold, no allocation.
+        let draining = self
+            .slots
+            .iter()
+            .filter(|s| s.state == WorkerState::Draining)
+            .filter_map(|s| s.drain_deadline);
+        let kill_at = match self.phase {
+            Phase::Draining { kill_at } => Some(kill_at),
+            _ => None,
+        };
+        self.slots
+            .iter()
+            .filter_map(|s| s.respawn_at)
+            .chain(draining)
+            .chain(self.deploys.deadline())
+            .chain(self.debounce_until)
+            .chain(self.status_waits.iter().map(|w| w.deadline))
+            .chain(self.drain_at)
+            .chain(kill_at)
+            .fold(self.next_liveness_check, Instant::min)
+            .into()
     }
 
     /// Whether the shell should accept connections now: not before start-up
