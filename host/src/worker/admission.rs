@@ -106,6 +106,9 @@ pub struct Connections {
     full: AtomicBool,
     chan: Arc<Channel>,
     waited: AtomicU64,
+    /// Received, and not yet holding a slot (their task has not run, or
+    /// they wait for one): a drain must wait for them too.
+    arriving: AtomicUsize,
 }
 
 /// One open connection's slot; dropping it frees the slot.
@@ -122,10 +125,17 @@ impl Connections {
             full: AtomicBool::new(false),
             chan,
             waited: AtomicU64::new(0),
+            arriving: AtomicUsize::new(0),
         })
     }
 
-    /// A slot for one more connection: at once, or when one closes.
+    /// A connection was received; `admit` will give it its slot.
+    pub fn arriving(&self) {
+        self.arriving.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A slot for one more connection (announced with `arriving`): at
+    /// once, or when one closes.
     pub async fn admit(self: &Arc<Self>) -> Slot {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -141,6 +151,7 @@ impl Connections {
         if self.slots.available_permits() == 0 {
             self.tell(true);
         }
+        self.arriving.fetch_sub(1, Ordering::Relaxed);
         Slot {
             _permit: permit,
             owner: self.clone(),
@@ -149,6 +160,11 @@ impl Connections {
 
     pub fn open(&self) -> usize {
         self.max - self.slots.available_permits()
+    }
+
+    /// Open, and received but not open yet.
+    pub fn busy(&self) -> usize {
+        self.open() + self.arriving.load(Ordering::Relaxed)
     }
 
     /// Tells the primary when fullness changes (edge-triggered). The

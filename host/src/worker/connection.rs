@@ -55,6 +55,7 @@ pub fn serve(
     tls: Option<&TlsAcceptor>,
 ) {
     ctx.counters.connection();
+    connections.arriving();
     let (ctx, watcher, connections) = (ctx.clone(), graceful.watcher(), connections.clone());
     let tls = tls.cloned();
     tokio::spawn(async move {

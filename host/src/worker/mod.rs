@@ -168,7 +168,9 @@ async fn run(fd: OwnedFd) -> Result<()> {
 async fn drain(ctx: &WorkerCtx, connections: &admission::Connections, drain_timeout: Duration) {
     ctx.start_draining();
     let grace = tokio::time::Instant::now() + DRAIN_GRACE.min(drain_timeout);
-    while connections.open() > 0 && tokio::time::Instant::now() < grace {
+    // Connections received just before Drain count too: closing one before
+    // hyper has read its request would reset it.
+    while connections.busy() > 0 && tokio::time::Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
