@@ -170,7 +170,7 @@ pub struct LimitArgs {
     pub backlog: u32,
 
     /// Requests running at once per worker; more wait for a turn.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 32)]
     pub max_concurrent: u32,
 
     /// Requests waiting for a turn per worker; more get 503 with Retry-After.
