@@ -41,26 +41,6 @@ fn has_line(resp: &str, line: &str) -> bool {
     body.lines().any(|l| l == line)
 }
 
-/// Waits until the server closes `conn` (EOF or reset), at most until
-/// `limit` after `since`; how long after `since` it closed, None if it
-/// was still open. Whatever the server sends meanwhile is read and dropped.
-fn closed_by_server(conn: &mut TcpStream, since: Instant, limit: Duration) -> Option<Duration> {
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = (since + limit).checked_duration_since(Instant::now())?;
-        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .unwrap();
-        match conn.read(&mut buf) {
-            Ok(0) => return Some(since.elapsed()),
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return None;
-            }
-            Err(_) => return Some(since.elapsed()),
-        }
-    }
-}
-
 #[test]
 fn stalled_connections_are_closed_and_free_their_slots() {
     let server = Server::start(

@@ -549,3 +549,28 @@ pub fn run_to_exit(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Waits until the server closes `conn` (EOF or reset), at most `limit`
+/// after `since`; how long after `since` that was, None if it was still
+/// open. Whatever the server sends meanwhile is read and dropped.
+pub fn closed_by_server(
+    conn: &mut std::net::TcpStream,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    use std::io::{ErrorKind, Read};
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = (since + limit).checked_duration_since(Instant::now())?;
+        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(since.elapsed()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return None;
+            }
+            Err(_) => return Some(since.elapsed()),
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! are made here (rcgen): a test CA and leaves for localhost/127.0.0.1
 //! signed by it, so a client trusting the CA accepts the old and the new.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -185,25 +185,6 @@ fn https_with_http1_and_http2_by_alpn() {
     assert_eq!(body, "Hello, world!\n");
     let (code, version, _) = curl(&pki.ca_file, &url(&server, "/"), &["--http2"]);
     assert_eq!((code.as_str(), version.as_str()), ("200", "2"));
-}
-
-/// Waits until the server closes `conn` (EOF or reset), at most `limit`
-/// after `since`; how long after `since` that was.
-fn closed_by_server(conn: &mut TcpStream, since: Instant, limit: Duration) -> Option<Duration> {
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = (since + limit).checked_duration_since(Instant::now())?;
-        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .unwrap();
-        match conn.read(&mut buf) {
-            Ok(0) => return Some(since.elapsed()),
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return None;
-            }
-            Err(_) => return Some(since.elapsed()),
-        }
-    }
 }
 
 #[test]

@@ -262,20 +262,27 @@ impl Core {
         self.advance(now);
     }
 
+    /// If the roll is waiting for `worker`'s answer, it stops waiting;
+    /// then Some(whether the roll is turning back).
+    fn stop_awaiting(&mut self, worker: WorkerId) -> Option<bool> {
+        let roll = self.deploys.roll.as_mut()?;
+        if roll.awaiting.map(|(w, _)| w) != Some(worker) {
+            return None;
+        }
+        roll.awaiting = None;
+        Some(roll.reverting.is_some())
+    }
+
     /// A worker became ready: the roll may go on with it.
     pub(super) fn roll_worker_ready(&mut self, now: Instant) {
         self.advance(now);
     }
 
     pub(super) fn roll_loaded(&mut self, now: Instant, worker: WorkerId, version: String) {
-        let Some(roll) = &mut self.deploys.roll else {
-            return;
-        };
-        if roll.awaiting.map(|(w, _)| w) != Some(worker) {
-            return;
-        }
-        roll.awaiting = None;
-        if roll.reverting.is_none() && version == roll.target.version {
+        if self.stop_awaiting(worker) == Some(false)
+            && let Some(roll) = &mut self.deploys.roll
+            && version == roll.target.version
+        {
             roll.switched += 1;
         }
         self.advance(now);
@@ -288,14 +295,10 @@ impl Core {
         version: String,
         message: String,
     ) {
-        let Some(roll) = &mut self.deploys.roll else {
+        let Some(reverting) = self.stop_awaiting(worker) else {
             return;
         };
-        if roll.awaiting.map(|(w, _)| w) != Some(worker) {
-            return;
-        }
-        roll.awaiting = None;
-        if roll.reverting.is_some() {
+        if reverting {
             // It cannot go back to the last good version: replace it, so
             // that no worker keeps serving the refused one.
             tracing::error!(
@@ -322,14 +325,10 @@ impl Core {
     /// Called from `worker_gone`: if the roll was waiting for that worker,
     /// the roll fails (or, when already reverting, goes on without it).
     pub(super) fn roll_worker_lost(&mut self, now: Instant, worker: WorkerId) {
-        let Some(roll) = &mut self.deploys.roll else {
+        let Some(reverting) = self.stop_awaiting(worker) else {
             return;
         };
-        if roll.awaiting.map(|(w, _)| w) != Some(worker) {
-            return;
-        }
-        roll.awaiting = None;
-        if roll.reverting.is_some() {
+        if reverting {
             tracing::error!(
                 worker = worker.index,
                 "worker lost while rolling back; its replacement starts on the last good version"
