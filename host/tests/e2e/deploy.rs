@@ -204,3 +204,36 @@ fn sighup_reloads() {
     let (ok, reply) = server.control("reload");
     assert!(ok && reply["outcome"] == "unchanged", "{reply:#}");
 }
+
+/// What the kubelet does to a ConfigMap or Secret volume: the file is a
+/// symlink through `..data`, itself a symlink to a timestamped directory,
+/// replaced by renaming `..data_tmp` over it, after which the old directory
+/// is deleted. Every update must redeploy, not only the first.
+#[test]
+fn configmap_volume_updates_redeploy_every_time() {
+    use std::os::unix::fs::symlink;
+    let g = guests();
+    let dir = scratch("configmap");
+    let publish = |n: usize, from: &Path| {
+        let stamp = format!("..2026_11_26_12_00_0{n}.000000{n}");
+        std::fs::create_dir(dir.join(&stamp)).unwrap();
+        std::fs::copy(from, dir.join(&stamp).join("handler.wasm")).unwrap();
+        let tmp = dir.join("..data_tmp");
+        symlink(&stamp, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        stamp
+    };
+    let mut old = publish(1, &g.v1);
+    symlink("..data/handler.wasm", dir.join("handler.wasm")).unwrap();
+    let server = Server::start(&dir.join("handler.wasm"), &["--workers", "2"]);
+    let traffic = Traffic::start(&server, 4, 2, one_version);
+    for (i, (n, from)) in [(2, &g.v2), (3, &g.v1), (4, &g.v2)].into_iter().enumerate() {
+        let stamp = publish(n, from);
+        std::fs::remove_dir_all(dir.join(&old)).unwrap();
+        old = stamp;
+        let version = server.wait_for_roll(i + 1);
+        assert_all_workers_on(&server, &version);
+    }
+    assert!(traffic.finish_clean() > 0);
+    assert_eq!(server.rolls().len(), 3);
+}
