@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
+scripts/validate-kubernetes.sh
 cargo clippy --workspace --all-targets --exclude hello --exclude testkit --exclude echo --exclude versioned --exclude cgi-testkit --exclude streaming -- -D warnings
 cargo clippy --target wasm32-wasip2 -p wcluster-guest -p hello -p testkit -p echo -p versioned -p streaming -- -D warnings
 cargo clippy --target wasm32-wasip1 -p cgi-testkit -- -D warnings
