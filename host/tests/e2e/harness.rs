@@ -223,6 +223,16 @@ impl Server {
         self.lines.lock().unwrap().clone()
     }
 
+    /// How many output lines so far, and the lines from the `from`th on:
+    /// cheap on a long log, unlike `lines`.
+    pub fn line_count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    pub fn lines_from(&self, from: usize) -> Vec<String> {
+        self.lines.lock().unwrap()[from..].to_vec()
+    }
+
     /// Waits for a line matching `pred`; panics (with the logs) on timeout
     /// or if the server exits first.
     pub fn wait_for_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
