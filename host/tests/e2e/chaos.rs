@@ -96,7 +96,17 @@ fn redeploys_kills_and_scaling_under_load_converge() {
         if i % 7 == 6 {
             // The canary, killed in the middle of its smoke check: it is
             // the first ready worker, and its smoke request logs a line.
+            // First the file's content goes live (a kill may have stopped
+            // its roll), so that the other version surely rolls.
+            server.wait_for_status(converged);
+            let (ok, reply) = server.control("reload");
+            assert!(ok, "{reply:#}");
             let s = server.wait_for_status(converged);
+            let next = if std::fs::read(&file).unwrap() == std::fs::read(&g.v1).unwrap() {
+                &g.v2
+            } else {
+                &g.v1
+            };
             let canary = s["workers"][0]["pid"].as_u64().unwrap() as i32;
             // Only the new lines are searched: the log is long by now, and
             // the kill must land within the smoke check's second.
