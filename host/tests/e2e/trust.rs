@@ -68,6 +68,16 @@ fn wait_for_refusal(server: &Server, why: &str) -> Value {
     }
 }
 
+/// `wcluster serve hello` with this cache and `extra`, expected to refuse
+/// to start; (success, stderr).
+fn serve_hello_to_exit(cache: &Path, extra: &[&str]) -> (bool, String) {
+    let hello = guests().hello.to_str().unwrap().to_string();
+    let mut args = vec!["serve", &hello, "--addr", "127.0.0.1:0", "--cache-dir"];
+    args.push(cache.to_str().unwrap());
+    args.extend(extra);
+    run_to_exit(&args)
+}
+
 #[test]
 fn a_fifo_or_dev_zero_as_handler_is_refused_and_stalls_nothing() {
     let g = guests();
@@ -100,15 +110,7 @@ fn a_cache_directory_others_can_write_is_refused() {
     let dir = scratch("open-cache").join("cache");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let hello = guests().hello.to_str().unwrap().to_string();
-    let (ok, stderr) = run_to_exit(&[
-        "serve",
-        &hello,
-        "--addr",
-        "127.0.0.1:0",
-        "--cache-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let (ok, stderr) = serve_hello_to_exit(&dir, &[]);
     assert!(!ok);
     assert!(
         stderr.contains("writable by other users") && stderr.contains("chmod 700"),
@@ -136,16 +138,7 @@ fn a_planted_artifact_is_refused_and_a_damaged_one_is_rebuilt() {
     let (cache, artifact) = cached_artifact("planted");
     // Another user's file under the handler's name: refused, with its path.
     nix::unistd::chown(&artifact, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
-    let hello = guests().hello.to_str().unwrap().to_string();
-    let args = [
-        "serve",
-        &hello,
-        "--addr",
-        "127.0.0.1:0",
-        "--cache-dir",
-        cache.to_str().unwrap(),
-    ];
-    let (ok, stderr) = run_to_exit(&args);
+    let (ok, stderr) = serve_hello_to_exit(&cache, &[]);
     assert!(!ok);
     assert!(
         stderr.contains("not a private file") && stderr.contains(artifact.to_str().unwrap()),
@@ -216,17 +209,7 @@ fn a_control_path_that_is_not_a_socket_is_left_alone() {
     let dir = scratch("control-file");
     let path = dir.join("precious.txt");
     std::fs::write(&path, "keep me").unwrap();
-    let hello = guests().hello.to_str().unwrap().to_string();
-    let (ok, stderr) = run_to_exit(&[
-        "serve",
-        &hello,
-        "--addr",
-        "127.0.0.1:0",
-        "--cache-dir",
-        cache_dir().to_str().unwrap(),
-        "--control",
-        path.to_str().unwrap(),
-    ]);
+    let (ok, stderr) = serve_hello_to_exit(&cache_dir(), &["--control", path.to_str().unwrap()]);
     assert!(!ok);
     assert!(stderr.contains("is not a socket"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
