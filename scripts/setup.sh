@@ -24,3 +24,13 @@ if ! command -v promtool >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
 fi
+
+# HAProxy: the fleet test (host/tests/e2e/fleet.rs) puts three nodes behind
+# a real one; `ip` (iproute2) makes their network namespaces.
+for pkg in haproxy:haproxy ip:iproute2; do
+  if ! command -v "${pkg%%:*}" >/dev/null; then
+    echo "setup: installing ${pkg#*:} (apt)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkg#*:}" >/dev/null
+  fi
+done

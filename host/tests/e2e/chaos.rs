@@ -4,7 +4,6 @@
 //! converged, and the only failed requests are ones in flight on killed
 //! workers.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -39,16 +38,6 @@ impl Rng {
     }
 }
 
-fn one_version(body: &str) -> bool {
-    let Some(rest) = body.strip_suffix('\n') else {
-        return false;
-    };
-    let mut parts = rest.split(' ');
-    matches!(parts.next(), Some("v1" | "v2"))
-        && parts.next().is_none_or(|n| n.parse::<usize>().is_ok())
-        && parts.next().is_none()
-}
-
 fn live_pids(status: &Value) -> Vec<u32> {
     status["workers"]
         .as_array()
@@ -57,12 +46,6 @@ fn live_pids(status: &Value) -> Vec<u32> {
         .filter(|w| w["state"] == "ready" || w["state"] == "starting")
         .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
         .collect()
-}
-
-fn write_version(file: &Path, from: &Path) {
-    let tmp = file.with_extension("tmp");
-    std::fs::copy(from, &tmp).unwrap();
-    std::fs::rename(&tmp, file).unwrap();
 }
 
 /// Converged: no roll, every wanted worker ready on the current version.
@@ -111,7 +94,7 @@ fn redeploys_kills_and_scaling_under_load_converge() {
             // Only the new lines are searched: the log is long by now, and
             // the kill must land within the smoke check's second.
             let from = server.line_count();
-            write_version(&file, next);
+            rename_over(&file, next);
             let deadline = Instant::now() + Duration::from_secs(10);
             while !server
                 .lines_from(from)
@@ -137,7 +120,7 @@ fn redeploys_kills_and_scaling_under_load_converge() {
             canaries_killed += 1;
             continue;
         }
-        write_version(&file, next);
+        rename_over(&file, next);
         // Somewhere in the debounce, the compile, the canary's smoke check
         // or the rest of the roll.
         std::thread::sleep(Duration::from_millis(150 + rng.below(500)));
@@ -176,7 +159,7 @@ fn redeploys_kills_and_scaling_under_load_converge() {
     } else {
         &g.v1
     };
-    write_version(&file, next);
+    rename_over(&file, next);
     server.wait_for_roll(before + 1);
     let status = server.wait_for_status(converged);
     assert_ne!(status["version"].as_str().unwrap(), current);

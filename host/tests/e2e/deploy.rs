@@ -8,30 +8,11 @@ use nix::sys::signal::Signal;
 
 use crate::harness::*;
 
-/// A body from exactly one version: `v1` / `v2`, with the body length on POST.
-fn one_version(body: &str) -> bool {
-    let Some(rest) = body.strip_suffix('\n') else {
-        return false;
-    };
-    let mut parts = rest.split(' ');
-    let version_ok = matches!(parts.next(), Some("v1" | "v2"));
-    let len_ok = parts.next().is_none_or(|n| n.parse::<usize>().is_ok());
-    version_ok && len_ok && parts.next().is_none()
-}
-
 /// A handler file in a fresh directory, starting as a copy of `from`.
 fn handler_file(test: &str, from: &Path) -> PathBuf {
     let path = scratch(test).join("handler.wasm");
     std::fs::copy(from, &path).unwrap();
     path
-}
-
-/// Replaces the file by writing a temporary one and renaming it over
-/// (what `mv` and most editors do).
-fn rename_over(target: &Path, from: &Path) {
-    let tmp = target.with_extension("tmp");
-    std::fs::copy(from, &tmp).unwrap();
-    std::fs::rename(&tmp, target).unwrap();
 }
 
 fn assert_all_workers_on(server: &Server, version: &str) {

@@ -383,6 +383,26 @@ impl Drop for Server {
     }
 }
 
+/// A body from exactly one version of tests/handlers/versioned: `v1` or
+/// `v2`, with the body length on POST.
+pub fn one_version(body: &str) -> bool {
+    let Some(rest) = body.strip_suffix('\n') else {
+        return false;
+    };
+    let mut parts = rest.split(' ');
+    matches!(parts.next(), Some("v1" | "v2"))
+        && parts.next().is_none_or(|n| n.parse::<usize>().is_ok())
+        && parts.next().is_none()
+}
+
+/// Replaces the file by writing a temporary one and renaming it over
+/// (what `mv` and most editors do).
+pub fn rename_over(target: &Path, from: &Path) {
+    let tmp = target.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, target).unwrap();
+}
+
 /// Clients hammering a server on background threads, recording every
 /// response that is not a 200 with a body `accept` takes.
 pub struct Traffic {
@@ -402,6 +422,16 @@ impl Traffic {
         fresh: usize,
         accept: fn(&str) -> bool,
     ) -> Traffic {
+        Traffic::start_at(server.url("/"), keepalive, fresh, accept)
+    }
+
+    /// `start`, against any URL (a load balancer in front of servers).
+    pub fn start_at(
+        url: String,
+        keepalive: usize,
+        fresh: usize,
+        accept: fn(&str) -> bool,
+    ) -> Traffic {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
@@ -411,7 +441,7 @@ impl Traffic {
             .map(|t| {
                 let (stop, ok, errors, bodies) =
                     (stop.clone(), ok.clone(), errors.clone(), bodies.clone());
-                let url = server.url("/");
+                let url = url.clone();
                 std::thread::spawn(move || {
                     let client = if t < keepalive {
                         keepalive_client()

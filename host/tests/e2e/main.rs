@@ -8,6 +8,7 @@ mod deploy;
 mod edges;
 mod examples;
 mod faults;
+mod fleet;
 mod h2;
 mod harness;
 mod hostile;

@@ -12,12 +12,6 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-fn rename_over(target: &Path, from: &Path) {
-    let tmp = target.with_extension("tmp");
-    std::fs::copy(from, &tmp).unwrap();
-    std::fs::rename(&tmp, target).unwrap();
-}
-
 /// `wcluster CMD --json`, killed if it takes longer than `limit`;
 /// None when it did not finish in time.
 fn control_within(server: &Server, cmd: &str, limit: Duration) -> Option<(bool, Value)> {
