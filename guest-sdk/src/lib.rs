@@ -21,6 +21,24 @@
 //!
 //! Build it with `cargo build --target wasm32-wasip2 --release` from a crate
 //! with `crate-type = ["cdylib"]`.
+//!
+//! Beyond answering requests, a handler can reach out through the host:
+//!
+//! - [`fetch`]: outbound HTTP (`wasi:http/outgoing-handler`), to the
+//!   destinations wcluster's `--allow-outbound` permits;
+//! - [`config`]: configuration values (`wasi:config/store`), from
+//!   `--config` and `--config-file`;
+//! - [`kv`]: key-value buckets shared by every instance
+//!   (`wasi:keyvalue/{store,atomics,batch}`), backed by `--keyvalue`.
+//!
+//! They are the interfaces `wasmtime serve -S http,config,keyvalue` binds, so
+//! a component using them runs there too. A component imports only what its
+//! code calls: one that uses none of them stays a plain `wasi:http/proxy`.
+
+mod bindings;
+pub mod config;
+pub mod fetch;
+pub mod kv;
 
 use std::fmt::Display;
 use std::io::{Read, Write};
