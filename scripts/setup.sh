@@ -26,8 +26,9 @@ if ! command -v promtool >/dev/null; then
 fi
 
 # HAProxy: the fleet test (host/tests/e2e/fleet.rs) puts three nodes behind
-# a real one; `ip` (iproute2) makes their network namespaces.
-for pkg in haproxy:haproxy ip:iproute2; do
+# a real one; `ip` (iproute2) makes their network namespaces; redis-server
+# backs the shared key-value tests (host/tests/e2e/keyvalue.rs).
+for pkg in haproxy:haproxy ip:iproute2 redis-server:redis-server; do
   if ! command -v "${pkg%%:*}" >/dev/null; then
     echo "setup: installing ${pkg#*:} (apt)" >&2
     apt-get update -qq

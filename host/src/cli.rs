@@ -66,7 +66,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 
-    /// Grant the guest an environment variable: KEY=VALUE, or KEY to pass the host's value.
+    #[command(flatten)]
+    pub caps: CapabilityArgs,
+
+    /// Grant the guest an environment variable: KEY=VALUE, or KEY to pass
+    /// the host's value (skipped, with a warning, when the host has none).
     #[arg(long = "env", value_name = "KEY[=VALUE]")]
     pub env: Vec<String>,
 
@@ -127,6 +131,74 @@ pub struct ServeArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1, unencrypted).
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// What handlers may reach beyond their request: upstreams, configuration
+/// and key-value state. Outbound HTTP is denied unless granted.
+#[derive(Args, Debug, Clone)]
+pub struct CapabilityArgs {
+    /// Let guests call this upstream (repeatable): SCHEME://HOST[:PORT], e.g.
+    /// https://api.example.com, https://*.example.com, http://10.1.2.3:8080,
+    /// http://10.0.0.0/8:*. A name that resolves to a loopback, private or
+    /// link-local address also needs that address or range granted.
+    #[arg(long = "allow-outbound", value_name = "PATTERN")]
+    pub allow_outbound: Vec<String>,
+
+    /// Trust this CA (PEM) for outbound TLS, beside the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub outbound_ca: Option<PathBuf>,
+
+    /// Longest time an outbound connection may take to open (the guest may ask for less).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub outbound_connect_timeout: Duration,
+
+    /// Longest wait for an upstream's response headers, counted from the
+    /// start of the request, connecting included (the guest may ask for less).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub outbound_first_byte_timeout: Duration,
+
+    /// Longest silence inside an upstream's response body (the guest may ask for less).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub outbound_between_bytes_timeout: Duration,
+
+    /// Outbound requests in flight per worker; more wait up to the connect timeout.
+    #[arg(long, default_value_t = 256)]
+    pub max_outbound: usize,
+
+    /// A configuration value guests read through wasi:config (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+
+    /// Configuration values from a TOML file (tables flatten to dotted keys);
+    /// read again at every deploy. --config values win.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// The wasi:keyvalue backend: `sqlite` (a database in --state-dir, shared
+    /// by every worker) or redis://HOST:PORT[/DB] (shared by every node).
+    #[arg(
+        long,
+        default_value = "sqlite",
+        value_name = "sqlite|redis://HOST:PORT[/DB]"
+    )]
+    pub keyvalue: String,
+
+    /// Where the SQLite key-value database lives (default: beside the cache
+    /// directory, named after it with `-state`).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Longest key-value key.
+    #[arg(long, default_value = "1KiB")]
+    pub keyvalue_max_key: ByteSize,
+
+    /// Largest key-value value.
+    #[arg(long, default_value = "1MiB")]
+    pub keyvalue_max_value: ByteSize,
+
+    /// Longest time one key-value operation may take before the guest gets an error.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub keyvalue_timeout: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

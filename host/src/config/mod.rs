@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::cli::{LogFormat, ServeArgs};
+use crate::cli::{CapabilityArgs, LogFormat, ServeArgs};
 
 pub mod tls;
 pub mod worker;
 
-pub use worker::{DirGrant, EngineSettings, Grants, RequestLimits, SmokeCheck, WorkerInit};
+pub use worker::{
+    ConfigGrant, DirGrant, EngineSettings, Grants, KeyValueBackend, KeyValueGrant, OutboundGrant,
+    RequestLimits, SmokeCheck, WorkerInit,
+};
 
 #[derive(Debug, Clone)]
 pub struct CompileLimits {
@@ -130,13 +133,29 @@ impl Config {
                 .env
                 .iter()
                 .map(|e| parse_env(e))
-                .collect::<Result<_>>()?,
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect(),
             dirs: args
                 .dir
                 .iter()
                 .map(|d| parse_dir(d))
                 .collect::<Result<_>>()?,
+            outbound: outbound_grant(&args.caps)?,
+            config: ConfigGrant {
+                vars: args
+                    .caps
+                    .config
+                    .iter()
+                    .map(|c| crate::runtime::config_store::parse_flag(c))
+                    .collect::<Result<_>>()?,
+                file: args.caps.config_file.clone(),
+            },
+            keyvalue: keyvalue_grant(&args.caps, &cache_dir)?,
         };
+        // Read now, so a bad file stops start-up with its name and line.
+        crate::runtime::config_store::values(&grants.config)?;
         Ok(Self {
             handler,
             addr: args.addr,
@@ -205,17 +224,95 @@ fn default_cache_dir() -> Result<PathBuf> {
     Ok(base.join("wcluster"))
 }
 
-fn parse_env(spec: &str) -> Result<(String, String)> {
+/// `--env KEY=VALUE`, or `--env KEY` for the host's value; a KEY the host
+/// does not have is skipped with a warning (as `wasmtime serve` and
+/// container runtimes do), so a unit file can pass optional variables.
+fn parse_env(spec: &str) -> Result<Option<(String, String)>> {
     match spec.split_once('=') {
         Some(("", _)) => bail!("--env `{spec}`: the variable name is empty"),
-        Some((k, v)) => Ok((k.to_string(), v.to_string())),
-        None => {
-            let v = std::env::var(spec).with_context(|| {
-                format!("--env `{spec}`: no value given and the host has no such variable")
-            })?;
-            Ok((spec.to_string(), v))
-        }
+        Some((k, v)) => Ok(Some((k.to_string(), v.to_string()))),
+        None => match std::env::var(spec) {
+            Ok(v) => Ok(Some((spec.to_string(), v))),
+            Err(_) => {
+                tracing::warn!("--env {spec}: the host has no such variable; not passed to guests");
+                Ok(None)
+            }
+        },
     }
+}
+
+fn outbound_grant(caps: &CapabilityArgs) -> Result<OutboundGrant> {
+    for (flag, value) in [
+        ("--outbound-connect-timeout", caps.outbound_connect_timeout),
+        (
+            "--outbound-first-byte-timeout",
+            caps.outbound_first_byte_timeout,
+        ),
+        (
+            "--outbound-between-bytes-timeout",
+            caps.outbound_between_bytes_timeout,
+        ),
+        ("--keyvalue-timeout", caps.keyvalue_timeout),
+    ] {
+        ensure!(!value.is_zero(), "{flag} must be more than 0");
+    }
+    ensure!(
+        (1..=100_000).contains(&caps.max_outbound),
+        "--max-outbound must be between 1 and 100000"
+    );
+    let grant = OutboundGrant {
+        allow: caps.allow_outbound.clone(),
+        ca: caps.outbound_ca.clone(),
+        connect_timeout: caps.outbound_connect_timeout,
+        first_byte_timeout: caps.outbound_first_byte_timeout,
+        between_bytes_timeout: caps.outbound_between_bytes_timeout,
+        max_in_flight: caps.max_outbound,
+    };
+    // Parses the patterns and reads the CA file: errors now, not per request.
+    crate::runtime::outbound::Outbound::new(&grant)?;
+    Ok(grant)
+}
+
+fn keyvalue_grant(caps: &CapabilityArgs, cache_dir: &Path) -> Result<KeyValueGrant> {
+    let backend = if caps.keyvalue == "sqlite" {
+        let dir = match &caps.state_dir {
+            Some(d) => d.clone(),
+            None => {
+                let name = cache_dir
+                    .file_name()
+                    .map_or_else(|| "wcluster".into(), |n| n.to_string_lossy().into_owned());
+                cache_dir.with_file_name(format!("{name}-state"))
+            }
+        };
+        // Other users must not read or forge the handlers' state.
+        crate::runtime::cache::private_dir(&dir, "state directory", "--state-dir")?;
+        let dir = dir.canonicalize()?;
+        KeyValueBackend::Sqlite(dir.join("keyvalue.sqlite3"))
+    } else if caps.keyvalue.starts_with("redis://") || caps.keyvalue.starts_with("rediss://") {
+        redis::Client::open(caps.keyvalue.as_str())
+            .with_context(|| format!("--keyvalue `{}`", caps.keyvalue))?;
+        KeyValueBackend::Redis(caps.keyvalue.clone())
+    } else {
+        bail!(
+            "--keyvalue `{}`: expected `sqlite` or redis://HOST:PORT[/DB]",
+            caps.keyvalue
+        );
+    };
+    for (flag, size) in [
+        ("--keyvalue-max-key", caps.keyvalue_max_key),
+        ("--keyvalue-max-value", caps.keyvalue_max_value),
+    ] {
+        ensure!(
+            (1..=512 << 20).contains(&size.as_u64()),
+            "{flag} must be between 1B and 512MiB"
+        );
+    }
+    Ok(KeyValueGrant {
+        backend,
+        max_key: caps.keyvalue_max_key.as_u64() as usize,
+        max_value: caps.keyvalue_max_value.as_u64() as usize,
+        timeout: caps.keyvalue_timeout,
+    })
 }
 
 fn parse_dir(spec: &str) -> Result<DirGrant> {
@@ -241,10 +338,12 @@ mod tests {
 
     #[test]
     fn env_specs() {
-        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(
+            parse_env("A=b=c").unwrap(),
+            Some(("A".into(), "b=c".into()))
+        );
         assert!(parse_env("=x").is_err());
-        let err = parse_env("WCLUSTER_SURELY_UNSET_VAR").unwrap_err();
-        assert!(format!("{err:#}").contains("no such variable"));
+        assert_eq!(parse_env("WCLUSTER_SURELY_UNSET_VAR").unwrap(), None);
     }
 
     #[test]

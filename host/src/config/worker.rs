@@ -45,6 +45,72 @@ pub struct RequestLimits {
 pub struct Grants {
     pub env: Vec<(String, String)>,
     pub dirs: Vec<DirGrant>,
+    pub outbound: OutboundGrant,
+    pub config: ConfigGrant,
+    pub keyvalue: KeyValueGrant,
+}
+
+/// Outbound HTTP: the allow-list (checked patterns) and the caps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundGrant {
+    pub allow: Vec<String>,
+    pub ca: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub between_bytes_timeout: Duration,
+    pub max_in_flight: usize,
+}
+
+impl Default for OutboundGrant {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            ca: None,
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(30),
+            between_bytes_timeout: Duration::from_secs(30),
+            max_in_flight: 256,
+        }
+    }
+}
+
+/// wasi:config values: from flags, and from a file each worker reads again
+/// when it loads a version (so a deploy picks up its changes).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigGrant {
+    pub vars: Vec<(String, String)>,
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum KeyValueBackend {
+    /// The database file.
+    Sqlite(PathBuf),
+    /// redis://HOST:PORT[/DB]
+    Redis(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyValueGrant {
+    pub backend: KeyValueBackend,
+    pub max_key: usize,
+    pub max_value: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for KeyValueGrant {
+    fn default() -> Self {
+        Self {
+            backend: KeyValueBackend::Sqlite(PathBuf::from("keyvalue.sqlite3")),
+            max_key: 1024,
+            max_value: 1 << 20,
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

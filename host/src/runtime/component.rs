@@ -3,12 +3,14 @@
 //! component (unless `--reuse-instances` opts into reuse), with only the
 //! capabilities the operator granted.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -16,13 +18,35 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 
 use http_body_util::BodyExt;
 
+use super::capabilities::Capabilities;
 use super::guest::{GuardedBody, GuestError, RequestBody};
+use super::keyvalue::{self, KeyValue, KvView};
+use super::outbound::{Outbound, Sent};
 
 pub struct GuestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: Hooks,
+    config: Arc<WasiConfigVariables>,
+    keyvalue: Arc<KeyValue>,
+}
+
+impl GuestState {
+    /// A store's data: its WASI context, and the worker's outbound client,
+    /// the version's configuration and the worker's key-value store.
+    pub fn new(wasi: WasiCtx, caps: &Capabilities, config: Arc<WasiConfigVariables>) -> Self {
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: Hooks {
+                outbound: caps.outbound.clone(),
+            },
+            config,
+            keyvalue: caps.keyvalue.clone(),
+        }
+    }
 }
 
 impl WasiView for GuestState {
@@ -44,35 +68,39 @@ impl WasiHttpView for GuestState {
     }
 }
 
-/// Outbound HTTP is a capability the guest does not have.
-struct Hooks;
+/// Outbound requests go to the worker's client, which applies the
+/// allow-list (runtime/outbound/).
+struct Hooks {
+    outbound: Arc<Outbound>,
+}
 
 impl WasiHttpHooks for Hooks {
     fn send_request(
         &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        request: http::Request<WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-                )>,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    ) -> Box<dyn Future<Output = wasmtime_wasi_http::Result<Sent>> + Send> {
+        Box::new(self.outbound.clone().send(request, options))
     }
 }
 
 /// The host side of the proxy world, plus `wasi:cli` and the rest of WASI 0.2
-/// as `wasmtime serve -S cli` links them: real components from Rust std,
-/// Python and JavaScript import them. What they can reach is decided per
+/// as `wasmtime serve -S cli` links them (real components from Rust std,
+/// Python and JavaScript import them), and wasi:config and wasi:keyvalue as
+/// `-S config,keyvalue` do. What they can reach is decided per
 /// store by the `WasiCtx`, which grants nothing by default.
 pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut GuestState| {
+        WasiConfig::from(&*s.config)
+    })?;
+    keyvalue::add_to_linker(&mut linker, |s: &mut GuestState| KvView {
+        table: &mut s.table,
+        kv: &s.keyvalue,
+    })?;
     Ok(linker)
 }
 
@@ -135,7 +163,7 @@ impl InstancePool {
 pub async fn handle<B>(
     pre: &ProxyPre<GuestState>,
     pool: Option<&std::sync::Arc<InstancePool>>,
-    wasi: impl FnOnce() -> WasiCtx,
+    state: impl FnOnce() -> GuestState,
     req: hyper::Request<B>,
     body_limit: u64,
     deadline: Instant,
@@ -148,15 +176,7 @@ where
     let (mut store, proxy, uses) = match reused {
         Some(idle) => (idle.store, Some(idle.proxy), idle.uses),
         None => {
-            let mut store = Store::new(
-                pre.engine(),
-                GuestState {
-                    wasi: wasi(),
-                    http: WasiHttpCtx::new(),
-                    table: ResourceTable::new(),
-                    hooks: Hooks,
-                },
-            );
+            let mut store = Store::new(pre.engine(), state());
             super::guest::yield_at_every_tick(&mut store);
             (store, None, 0)
         }

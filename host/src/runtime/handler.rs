@@ -12,11 +12,11 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use super::capabilities::Capabilities;
 use super::cgi::{self, CgiState};
 use super::component::{self, GuestState};
 use super::guest::{GuestError, RequestBody};
 use super::guest_io::GuestLog;
-use crate::config::Grants;
 
 enum Guest {
     Component(ProxyPre<GuestState>, Option<Arc<component::InstancePool>>),
@@ -25,7 +25,9 @@ enum Guest {
 
 pub struct Handler {
     guest: Guest,
-    grants: Arc<Grants>,
+    caps: Arc<Capabilities>,
+    /// wasi:config values, read when this version was loaded.
+    config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     /// Short content hash of the handler file.
     pub version: String,
 }
@@ -35,12 +37,13 @@ impl Handler {
     pub fn load(
         engine: &Engine,
         path: &std::path::Path,
-        grants: Arc<Grants>,
+        caps: Arc<Capabilities>,
         reuse: u32,
         version: String,
         digest: &str,
     ) -> Result<Self> {
         let name = path.display();
+        let config = Arc::new(super::config_store::variables(&caps.grants.config)?);
         // Machine code is about to be mapped and run: it must be what the
         // compile child wrote.
         super::cache::verify_artifact(path, Some(digest))?;
@@ -68,7 +71,8 @@ impl Handler {
         };
         Ok(Self {
             guest,
-            grants,
+            caps,
+            config,
             version,
         })
     }
@@ -79,8 +83,8 @@ impl Handler {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(GuestLog::new("stdout", request_id.clone()))
             .stderr(GuestLog::new("stderr", request_id.clone()))
-            .envs(&self.grants.env);
-        for d in &self.grants.dirs {
+            .envs(&self.caps.grants.env);
+        for d in &self.caps.grants.dirs {
             wasi.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("cannot open granted directory `{}`", d.host.display()))?;
@@ -110,15 +114,16 @@ impl Handler {
             // context is only built when an instance is.
             Guest::Component(pre, Some(pool)) => {
                 let make = || {
-                    wasi()
+                    let ctx = wasi()
                         .map(|mut w| w.build())
-                        .unwrap_or_else(|_| WasiCtxBuilder::new().build())
+                        .unwrap_or_else(|_| WasiCtxBuilder::new().build());
+                    GuestState::new(ctx, &self.caps, self.config.clone())
                 };
                 component::handle(pre, Some(pool), make, req, body_limit, deadline, on_done).await
             }
             Guest::Component(pre, None) => {
                 let mut ctx = wasi()?;
-                let make = move || ctx.build();
+                let make = move || GuestState::new(ctx.build(), &self.caps, self.config.clone());
                 component::handle(pre, None, make, req, body_limit, deadline, on_done).await
             }
             Guest::Cgi(pre) => cgi::handle(pre, wasi()?, req, body_limit, deadline, on_done).await,

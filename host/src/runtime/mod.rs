@@ -3,11 +3,15 @@
 
 pub mod artifact;
 pub mod cache;
+pub mod capabilities;
 pub mod cgi;
 pub mod cgi_head;
 pub mod compile;
 pub mod component;
+pub mod config_store;
 pub mod engine;
 pub mod guest;
 pub mod guest_io;
 pub mod handler;
+pub mod keyvalue;
+pub mod outbound;

@@ -9,13 +9,14 @@ use anyhow::Result;
 use wasmtime::Engine;
 
 use super::service::WorkerCtx;
-use crate::config::{Grants, SmokeCheck};
+use crate::config::SmokeCheck;
 use crate::ipc::{Channel, ToPrimary};
+use crate::runtime::capabilities::Capabilities;
 use crate::runtime::handler::Handler;
 
 pub struct Deployer {
     pub engine: Engine,
-    pub grants: Arc<Grants>,
+    pub caps: Arc<Capabilities>,
     pub smoke: SmokeCheck,
     pub reuse: u32,
 }
@@ -26,7 +27,7 @@ impl Deployer {
         let handler = Handler::load(
             &self.engine,
             artifact,
-            self.grants.clone(),
+            self.caps.clone(),
             self.reuse,
             version.to_string(),
             digest,

@@ -28,6 +28,7 @@ use nix::sys::signal::Signal;
 
 use crate::cli::WorkerArgs;
 use crate::ipc::{self, Channel, ToPrimary, ToWorker};
+use crate::runtime::capabilities::Capabilities;
 use crate::runtime::engine;
 use crate::runtime::handler::Handler;
 use deploy::Deployer;
@@ -65,7 +66,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
     let engine = engine::build(&init.engine, engine::Allocation::Pooling)?;
     let deployer = Arc::new(Deployer {
         engine: engine.clone(),
-        grants: Arc::new(init.grants.clone()),
+        caps: Arc::new(Capabilities::new(init.grants.clone())?),
         smoke: init.smoke.clone(),
         reuse: init.reuse_instances,
     });
@@ -74,7 +75,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
     let first = Handler::load(
         &engine,
         &init.artifact,
-        deployer.grants.clone(),
+        deployer.caps.clone(),
         init.reuse_instances,
         init.version.clone(),
         &init.digest,

@@ -24,6 +24,11 @@ pub struct Guests {
     pub trap: PathBuf,
     /// tests/handlers/cgi: a WASI command module run CGI style.
     pub cgi: PathBuf,
+    /// tests/handlers/reach: outbound HTTP, wasi:config and wasi:keyvalue,
+    /// one route per operation.
+    pub reach: PathBuf,
+    /// examples/visits: the example that uses all three.
+    pub visits: PathBuf,
 }
 
 fn workspace() -> PathBuf {
@@ -56,6 +61,10 @@ pub fn guests() -> &'static Guests {
                 "echo",
                 "-p",
                 "streaming",
+                "-p",
+                "reach",
+                "-p",
+                "visits",
             ])
             .status()
             .expect("run cargo to build the test handlers");
@@ -87,6 +96,8 @@ pub fn guests() -> &'static Guests {
             testkit: dir.join("testkit.wasm"),
             echo: dir.join("echo.wasm"),
             streaming: dir.join("streaming.wasm"),
+            reach: dir.join("reach.wasm"),
+            visits: dir.join("visits.wasm"),
             cgi: {
                 let status =
                     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

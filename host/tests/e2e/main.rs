@@ -4,6 +4,7 @@
 mod admin;
 mod cgi;
 mod chaos;
+mod config_values;
 mod deploy;
 mod edges;
 mod examples;
@@ -12,7 +13,9 @@ mod fleet;
 mod h2;
 mod harness;
 mod hostile;
+mod keyvalue;
 mod lifecycle;
+mod outbound;
 mod overload;
 mod scale;
 mod serving;

@@ -395,3 +395,36 @@ fn a_rotated_pair_is_served_to_new_connections_without_a_failed_request() {
         .count();
     assert_eq!(reloaded, 2, "one reload line per worker");
 }
+
+#[test]
+fn outbound_https_trusts_the_system_roots_and_outbound_ca() {
+    let pki = pki("outbound");
+    let upstream = start(&pki, &["--workers", "1"]);
+    let port = upstream.addr.port();
+    let allow = format!("https://127.0.0.1:{port}");
+    let target = format!("https://127.0.0.1:{port}/?name=tls");
+    let trusting = Server::start(
+        &guests().reach,
+        &[
+            "--workers",
+            "1",
+            "--allow-outbound",
+            &allow,
+            "--outbound-ca",
+            pki.ca_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        crate::outbound::fetch(&trusting, &target, ""),
+        (200, "upstream 200 Hello, tls!\n".into())
+    );
+    // The test CA is in no system store.
+    let system_only = Server::start(
+        &guests().reach,
+        &["--workers", "1", "--allow-outbound", &allow],
+    );
+    assert_eq!(
+        crate::outbound::fetch(&system_only, &target, ""),
+        (502, "error TlsCertificateError\n".into())
+    );
+}

@@ -1,0 +1,129 @@
+//! wasi:config values: `--config-file` (TOML) overlaid by `--config KEY=VALUE`.
+//! The primary reads them once at start-up, so a bad file or key stops it
+//! with a message naming the file and line; each worker reads them again
+//! when it loads a version, so a changed file goes live with the next deploy
+//! (and a file broken meanwhile refuses that deploy).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use wasmtime_wasi_config::WasiConfigVariables;
+
+use crate::config::ConfigGrant;
+
+/// The values, in order: file first, then flags (a later key wins).
+pub fn values(grant: &ConfigGrant) -> Result<Vec<(String, String)>> {
+    let mut out = match &grant.file {
+        Some(path) => read_file(path)?,
+        None => Vec::new(),
+    };
+    out.extend(grant.vars.iter().cloned());
+    Ok(out)
+}
+
+pub fn variables(grant: &ConfigGrant) -> Result<WasiConfigVariables> {
+    Ok(values(grant)?.into_iter().collect())
+}
+
+/// A `--config KEY=VALUE` flag.
+pub fn parse_flag(spec: &str) -> Result<(String, String)> {
+    let Some((key, value)) = spec.split_once('=') else {
+        bail!("--config `{spec}`: expected KEY=VALUE");
+    };
+    check_key(key).with_context(|| format!("--config `{spec}`"))?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+fn check_key(key: &str) -> Result<()> {
+    ensure!(!key.is_empty(), "the key is empty");
+    ensure!(
+        key.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')),
+        "key `{key}` may hold only letters, digits, `_`, `-` and `.`"
+    );
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--config-file `{}`: cannot read it", path.display()))?;
+    // toml's message names the line and column.
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--config-file `{}`: {e}", path.display()))?;
+    let mut out = Vec::new();
+    flatten("", &table, &mut out).with_context(|| format!("--config-file `{}`", path.display()))?;
+    Ok(out)
+}
+
+/// `[db] host = "x"` is the key `db.host`.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<()> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        check_key(k)?;
+        let value = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(d) => d.to_string(),
+            toml::Value::Table(t) => {
+                flatten(&key, t, out)?;
+                continue;
+            }
+            toml::Value::Array(_) => {
+                bail!("`{key}` is an array; wasi:config values are strings (write it as one)")
+            }
+        };
+        out.push((key, value));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let f = file("greeting = \"hi\"\nport = 8080\n[db]\nhost = \"x\"\ntls = true\n");
+        let grant = ConfigGrant {
+            vars: vec![parse_flag("greeting=hello=you").unwrap()],
+            file: Some(f.path().to_path_buf()),
+        };
+        let v = values(&grant).unwrap();
+        assert!(v.contains(&("port".into(), "8080".into())));
+        assert!(v.contains(&("db.host".into(), "x".into())));
+        assert!(v.contains(&("db.tls".into(), "true".into())));
+        assert_eq!(v.last().unwrap(), &("greeting".into(), "hello=you".into()));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let f = file("a = 1\nb = = 2\n");
+        let grant = ConfigGrant {
+            vars: vec![],
+            file: Some(f.path().to_path_buf()),
+        };
+        let err = format!("{:#}", values(&grant).unwrap_err());
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let arr = file("list = [1, 2]\n");
+        let grant = ConfigGrant {
+            vars: vec![],
+            file: Some(arr.path().to_path_buf()),
+        };
+        assert!(format!("{:#}", values(&grant).unwrap_err()).contains("`list` is an array"));
+        assert!(parse_flag("novalue").is_err());
+        assert!(format!("{:#}", parse_flag("bad key=1").unwrap_err()).contains("bad key"));
+    }
+}
