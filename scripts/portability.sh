@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Portability, both ways:
 #  - handlers built with wcluster's guest SDK run unchanged under
-#    `wasmtime serve -S cli` (checked here: examples/hello and rust-json);
+#    `wasmtime serve -S cli` (checked here: examples/hello and rust-json;
+#    examples/visits, which uses wasi:config and wasi:keyvalue, under
+#    `-S cli,config,keyvalue` with a config value);
 #  - handlers written against the plain `wasi` crate run unchanged on
 #    wcluster (tests/handlers/echo is one; the end-to-end tests serve it).
 # Installs the wasmtime CLI from crates.io at the version wcluster embeds
@@ -14,10 +16,10 @@ if [ "$("$tools/bin/wasmtime" --version 2>/dev/null | awk '{print $2}')" != "$ve
   cargo install -q --locked wasmtime-cli --version "$version" --root "$tools"
 fi
 scripts/setup.sh
-cargo build -q --release --target wasm32-wasip2 -p hello -p rust-json
+cargo build -q --release --target wasm32-wasip2 -p hello -p rust-json -p visits
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-check() { # file path method expected
-  "$tools/bin/wasmtime" serve -S cli --addr "127.0.0.1:$port" "$1" >/dev/null 2>&1 &
+check() { # file path method expected [wasmtime serve options]
+  "$tools/bin/wasmtime" serve -S cli "${@:5}" --addr "127.0.0.1:$port" "$1" >/dev/null 2>&1 &
   local pid=$!
   trap 'kill $pid 2>/dev/null' RETURN
   for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
@@ -35,3 +37,5 @@ check() { # file path method expected
 }
 check target/wasm32-wasip2/release/hello.wasm "/?name=wasmtime" GET "Hello, wasmtime!"
 check target/wasm32-wasip2/release/rust_json.wasm /greet POST '"message":"Hello, wasmtime!"'
+check target/wasm32-wasip2/release/visits.wasm / GET "hi from wasmtime, visitor #1" \
+  -S config -S config-var=greeting="hi from wasmtime" -S keyvalue
