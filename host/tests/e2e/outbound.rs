@@ -137,3 +137,45 @@ fn a_stalled_upstream_is_cut_at_the_timeout_and_the_worker_goes_on() {
     let (status, body) = fetch(&server, &format!("http://127.0.0.1:{port}/slow?ms=10"), "");
     assert_eq!((status, body.as_str()), (200, "upstream 200 slept 10 ms\n"));
 }
+
+#[test]
+fn an_upstream_that_stalls_mid_body_is_cut_between_bytes() {
+    let g = guests();
+    let upstream = Server::start(&g.streaming, &["--workers", "1"]);
+    let port = upstream.addr.port();
+    let server = Server::start(
+        &g.reach,
+        &[
+            "--workers",
+            "1",
+            "--allow-outbound",
+            &format!("http://127.0.0.1:{port}"),
+            "--outbound-between-bytes-timeout",
+            "500ms",
+        ],
+    );
+    let (status, body) = fetch(
+        &server,
+        &format!("http://127.0.0.1:{port}/?n=3&pause=50"),
+        "",
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "upstream 200 line 1\nline 2\nline 3\n")
+    );
+    let start = Instant::now();
+    let (status, body) = fetch(
+        &server,
+        &format!("http://127.0.0.1:{port}/?n=2&pause=5000"),
+        "",
+    );
+    assert!(
+        status == 502 && body.starts_with("error"),
+        "{status} {body}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -28,8 +28,15 @@ fn handle(mut req: StreamRequest) -> Streaming {
     let n: u32 = query_param(&req, "n")
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    // `pause=MS`: that long between lines (an upstream that stalls mid-body).
+    let pause: u64 = query_param(&req, "pause")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     Streaming::new(move |out| {
         for i in 1..=n {
+            if i > 1 && pause > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(pause));
+            }
             writeln!(out, "line {i}")?;
             out.flush()?;
         }
