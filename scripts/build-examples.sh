@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds every example handler from source into OUT (default target/examples):
-# rust-hello, rust-json, python, javascript, c, assemblyscript (.wasm) and wat.
+# rust-hello, rust-json, rust-visits, python, javascript, c, assemblyscript (.wasm) and wat.
 # Installs the toolchains it needs: Debian's clang + wasi-libc (apt), Node
 # packages (npm, per example), componentize-py (pip, in a venv under target/).
 set -euo pipefail
@@ -14,9 +14,10 @@ scripts/setup.sh
 say() { echo "build-examples: $*" >&2; }
 
 # Rust
-cargo build -q --release --target wasm32-wasip2 -p hello -p rust-json
+cargo build -q --release --target wasm32-wasip2 -p hello -p rust-json -p visits
 cp target/wasm32-wasip2/release/hello.wasm "$out/rust-hello.wasm"
 cp target/wasm32-wasip2/release/rust_json.wasm "$out/rust-json.wasm"
+cp target/wasm32-wasip2/release/visits.wasm "$out/rust-visits.wasm"
 
 # WAT: no toolchain
 cp examples/wat/hello.wat "$out/wat.wat"
@@ -62,7 +63,7 @@ npm_install examples/javascript
 
 # Python
 scripts/python-example.sh "$out/python.wasm"
-for f in rust-hello.wasm rust-json.wasm wat.wat c.wasm assemblyscript.wasm javascript.wasm python.wasm; do
+for f in rust-hello.wasm rust-json.wasm rust-visits.wasm wat.wat c.wasm assemblyscript.wasm javascript.wasm python.wasm; do
   [ -s "$out/$f" ] || { say "$f was not built"; exit 1; }
 done
 say "built: $(cd "$out" && ls | tr '\n' ' ')"
