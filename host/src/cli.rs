@@ -114,6 +114,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub reuse_instances: u32,
 
+    /// With --reuse-instances, how many requests one WASI 0.3 instance may
+    /// serve at once (0.2 instances serve one at a time).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_instance_concurrency: u32,
+
     /// A worker silent this long (hung, or stopped) is killed and replaced.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub liveness_timeout: Duration,

@@ -45,6 +45,7 @@ pub struct Config {
     pub watch: bool,
     pub liveness_timeout: Duration,
     pub reuse_instances: u32,
+    pub max_instance_concurrency: u32,
     /// --tls-cert and --tls-key (absolute), checked: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -107,6 +108,10 @@ impl Config {
             args.smoke_path.starts_with('/'),
             "--smoke-path must start with `/`, got `{}`",
             args.smoke_path
+        );
+        ensure!(
+            (1..=1024).contains(&args.max_instance_concurrency),
+            "--max-instance-concurrency must be between 1 and 1024"
         );
         ensure!(
             !l.queue_timeout.is_zero(),
@@ -197,6 +202,7 @@ impl Config {
             watch: !args.no_watch && !builtin,
             liveness_timeout: args.liveness_timeout,
             reuse_instances: args.reuse_instances,
+            max_instance_concurrency: args.max_instance_concurrency,
             tls,
         })
     }

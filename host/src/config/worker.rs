@@ -135,6 +135,8 @@ pub struct WorkerInit {
     pub smoke: SmokeCheck,
     /// 0: a fresh instance per request; N: an instance serves up to N.
     pub reuse_instances: u32,
+    /// With reuse: requests one WASI 0.3 instance serves at once.
+    pub max_instance_concurrency: u32,
     /// HTTPS: the PEM files (certificate chain, private key) of --tls-cert
     /// and --tls-key, which the primary has checked; the worker loads them
     /// and follows their changes (worker/tls.rs). None: plain HTTP.

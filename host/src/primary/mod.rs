@@ -110,6 +110,7 @@ async fn run(config: Config) -> Result<()> {
         drain_timeout: config.drain_timeout,
         smoke: config.smoke.clone(),
         reuse_instances: config.reuse_instances,
+        max_instance_concurrency: config.max_instance_concurrency,
         tls: config.tls.clone(),
     };
     let settings = Settings {

@@ -14,6 +14,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use http_body_util::BodyExt;
@@ -92,8 +93,13 @@ impl WasiHttpHooks for Hooks {
 /// store by the `WasiCtx`, which grants nothing by default.
 pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
     let mut linker = Linker::new(engine);
+    // WASI 0.2 and 0.3 side by side, as `wasmtime serve -Sp3 -Scli` links
+    // them: a 0.3 component built with Rust std still imports 0.2's
+    // wasi:cli and wasi:io.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut GuestState| {
         WasiConfig::from(&*s.config)
     })?;
@@ -104,16 +110,60 @@ pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
     Ok(linker)
 }
 
-/// Checks that `component` is a handler this host can serve: every import
-/// satisfied, `wasi:http/incoming-handler` exported.
-pub fn pre_instantiate(engine: &Engine, component: &Component) -> Result<ProxyPre<GuestState>> {
+/// A component this host can serve, by what it exports.
+pub enum HttpPre {
+    /// WASI 0.2: exports `wasi:http/incoming-handler@0.2.x`.
+    P2(ProxyPre<GuestState>),
+    /// WASI 0.3: exports `wasi:http/handler@0.3.x`.
+    P3(ServicePre<GuestState>),
+}
+
+/// Tells a 0.3 service from a 0.2 proxy by its exports (checked before
+/// its imports, so a component of the wrong shape hears what it exports),
+/// then checks that every import is satisfied.
+pub fn pre_instantiate(engine: &Engine, component: &Component) -> Result<HttpPre> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let is = |prefix: &str| {
+        exports
+            .iter()
+            .any(|n| n.starts_with(prefix) && !n.contains("-rc"))
+    };
+    let (p2, p3) = (
+        is("wasi:http/incoming-handler@0.2."),
+        is("wasi:http/handler@0.3."),
+    );
+    if !p2 && !p3 {
+        let rc = exports.iter().any(|n| n.contains("-rc"));
+        anyhow::bail!(
+            "the component exports {}; expected `wasi:http/incoming-handler@0.2.x` (a WASI 0.2 \
+             wasi:http/proxy handler) or `wasi:http/handler@0.3.x` (a WASI 0.3 \
+             wasi:http/service handler){}",
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.join(", ")
+            },
+            if rc {
+                "; it was built against a WASI 0.3 release candidate: rebuild it for \
+                 wasi:http@0.3.0 (e.g. the wasip3 crate 0.7 or later)"
+            } else {
+                ""
+            }
+        );
+    }
     let pre = linker(engine)?
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)
         .context("the component imports something wcluster does not provide")?;
-    ProxyPre::new(pre).map_err(anyhow::Error::from).context(
-        "the component does not export `wasi:http/incoming-handler` (expected a wasi:http/proxy handler)",
-    )
+    Ok(if p3 {
+        HttpPre::P3(ServicePre::new(pre).map_err(anyhow::Error::from)?)
+    } else {
+        HttpPre::P2(ProxyPre::new(pre).map_err(anyhow::Error::from)?)
+    })
 }
 
 /// Opt-in instance reuse (`--reuse-instances N`): an instance serves up to

@@ -11,16 +11,29 @@ use wasmtime::{Engine, InstancePre, Module, Precompiled};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use super::capabilities::Capabilities;
 use super::cgi::{self, CgiState};
-use super::component::{self, GuestState};
+use super::component::{self, GuestState, HttpPre};
+use super::component_p3;
 use super::guest::{GuestError, RequestBody};
 use super::guest_io::GuestLog;
 
 enum Guest {
     Component(ProxyPre<GuestState>, Option<Arc<component::InstancePool>>),
+    Service(ServicePre<GuestState>, Option<component_p3::Reuse>),
     Cgi(InstancePre<CgiState>),
+}
+
+/// `--reuse-instances` and what bounds a reused WASI 0.3 instance.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceReuse {
+    /// 0: a fresh instance per request.
+    pub max_uses: u32,
+    /// Requests one 0.3 instance serves at once.
+    pub concurrency: u32,
+    pub request_timeout: Duration,
 }
 
 pub struct Handler {
@@ -38,7 +51,7 @@ impl Handler {
         engine: &Engine,
         path: &std::path::Path,
         caps: Arc<Capabilities>,
-        reuse: u32,
+        reuse: InstanceReuse,
         version: String,
         digest: &str,
     ) -> Result<Self> {
@@ -56,9 +69,33 @@ impl Handler {
                 let c = unsafe { Component::deserialize_file(engine, path) }
                     .map_err(anyhow::Error::from)
                     .with_context(|| format!("cannot load artifact `{name}`"))?;
-                // Idle instances kept: enough for a busy worker's concurrency.
-                let pool = (reuse > 0).then(|| Arc::new(component::InstancePool::new(reuse, 64)));
-                Guest::Component(component::pre_instantiate(engine, &c)?, pool)
+                match component::pre_instantiate(engine, &c)? {
+                    HttpPre::P2(pre) => {
+                        // Idle instances kept: enough for a busy worker's concurrency.
+                        let pool = (reuse.max_uses > 0)
+                            .then(|| Arc::new(component::InstancePool::new(reuse.max_uses, 64)));
+                        Guest::Component(pre, pool)
+                    }
+                    HttpPre::P3(pre) => {
+                        let reused = (reuse.max_uses > 0).then(|| {
+                            let (caps, config) = (caps.clone(), config.clone());
+                            let make = move || {
+                                let ctx = wasi_builder(&caps, &"reused".into())
+                                    .map(|mut w| w.build())
+                                    .unwrap_or_else(|_| WasiCtxBuilder::new().build());
+                                GuestState::new(ctx, &caps, config.clone())
+                            };
+                            component_p3::Reuse::new(
+                                pre.clone(),
+                                Arc::new(make),
+                                reuse.max_uses,
+                                reuse.concurrency,
+                                reuse.request_timeout,
+                            )
+                        });
+                        Guest::Service(pre, reused)
+                    }
+                }
             }
             Some(Precompiled::Module) => {
                 // SAFETY: as above; the artifact is ours and for this engine.
@@ -77,19 +114,8 @@ impl Handler {
         })
     }
 
-    /// The capabilities every instance gets: its output to the log, and
-    /// only the environment variables and directories granted.
     fn wasi(&self, request_id: &Arc<str>) -> Result<WasiCtxBuilder> {
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(GuestLog::new("stdout", request_id.clone()))
-            .stderr(GuestLog::new("stderr", request_id.clone()))
-            .envs(&self.caps.grants.env);
-        for d in &self.caps.grants.dirs {
-            wasi.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
-                .map_err(anyhow::Error::from)
-                .with_context(|| format!("cannot open granted directory `{}`", d.host.display()))?;
-        }
-        Ok(wasi)
+        wasi_builder(&self.caps, request_id)
     }
 
     /// Runs one request in a fresh instance, within `deadline`; `on_done`
@@ -126,6 +152,14 @@ impl Handler {
                 let make = move || GuestState::new(ctx.build(), &self.caps, self.config.clone());
                 component::handle(pre, None, make, req, body_limit, deadline, on_done).await
             }
+            Guest::Service(_, Some(reuse)) => {
+                reuse.handle(req, body_limit, deadline, on_done).await
+            }
+            Guest::Service(pre, None) => {
+                let mut ctx = wasi()?;
+                let make = move || GuestState::new(ctx.build(), &self.caps, self.config.clone());
+                component_p3::handle(pre, make, req, body_limit, deadline, on_done).await
+            }
             Guest::Cgi(pre) => cgi::handle(pre, wasi()?, req, body_limit, deadline, on_done).await,
         }
     }
@@ -159,4 +193,19 @@ impl Handler {
             Err(_) => bail!("smoke check GET {path}: body not finished within {timeout:?}"),
         }
     }
+}
+
+/// The capabilities every instance gets: its output to the log, and only
+/// the environment variables and directories granted.
+fn wasi_builder(caps: &Capabilities, request_id: &Arc<str>) -> Result<WasiCtxBuilder> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(GuestLog::new("stdout", request_id.clone()))
+        .stderr(GuestLog::new("stderr", request_id.clone()))
+        .envs(&caps.grants.env);
+    for d in &caps.grants.dirs {
+        wasi.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot open granted directory `{}`", d.host.display()))?;
+    }
+    Ok(wasi)
 }

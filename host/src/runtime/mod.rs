@@ -8,6 +8,7 @@ pub mod cgi;
 pub mod cgi_head;
 pub mod compile;
 pub mod component;
+pub mod component_p3;
 pub mod config_store;
 pub mod engine;
 pub mod guest;

@@ -12,13 +12,13 @@ use super::service::WorkerCtx;
 use crate::config::SmokeCheck;
 use crate::ipc::{Channel, ToPrimary};
 use crate::runtime::capabilities::Capabilities;
-use crate::runtime::handler::Handler;
+use crate::runtime::handler::{Handler, InstanceReuse};
 
 pub struct Deployer {
     pub engine: Engine,
     pub caps: Arc<Capabilities>,
     pub smoke: SmokeCheck,
-    pub reuse: u32,
+    pub reuse: InstanceReuse,
 }
 
 impl Deployer {

@@ -30,7 +30,7 @@ use crate::cli::WorkerArgs;
 use crate::ipc::{self, Channel, ToPrimary, ToWorker};
 use crate::runtime::capabilities::Capabilities;
 use crate::runtime::engine;
-use crate::runtime::handler::Handler;
+use crate::runtime::handler::{Handler, InstanceReuse};
 use deploy::Deployer;
 use service::WorkerCtx;
 
@@ -68,7 +68,11 @@ async fn run(fd: OwnedFd) -> Result<()> {
         engine: engine.clone(),
         caps: Arc::new(Capabilities::new(init.grants.clone())?),
         smoke: init.smoke.clone(),
-        reuse: init.reuse_instances,
+        reuse: InstanceReuse {
+            max_uses: init.reuse_instances,
+            concurrency: init.max_instance_concurrency,
+            request_timeout: init.limits.timeout,
+        },
     });
     // The first version was checked by the compile child; it only needs
     // loading (the primary smoke-checks versions that arrive later).
@@ -76,7 +80,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
         &engine,
         &init.artifact,
         deployer.caps.clone(),
-        init.reuse_instances,
+        deployer.reuse,
         init.version.clone(),
         &init.digest,
     );

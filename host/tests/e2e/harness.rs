@@ -29,6 +29,10 @@ pub struct Guests {
     pub reach: PathBuf,
     /// examples/visits: the example that uses all three.
     pub visits: PathBuf,
+    /// tests/handlers/p3kit: the WASI 0.3 (wasi:http/service) test handler.
+    pub p3kit: PathBuf,
+    /// examples/p3-hello: the WASI 0.3 example.
+    pub p3_hello: PathBuf,
 }
 
 fn workspace() -> PathBuf {
@@ -65,6 +69,10 @@ pub fn guests() -> &'static Guests {
                 "reach",
                 "-p",
                 "visits",
+                "-p",
+                "p3kit",
+                "-p",
+                "p3-hello",
             ])
             .status()
             .expect("run cargo to build the test handlers");
@@ -98,6 +106,8 @@ pub fn guests() -> &'static Guests {
             streaming: dir.join("streaming.wasm"),
             reach: dir.join("reach.wasm"),
             visits: dir.join("visits.wasm"),
+            p3kit: dir.join("p3kit.wasm"),
+            p3_hello: dir.join("p3_hello.wasm"),
             cgi: {
                 let status =
                     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -23,3 +23,4 @@ mod startup;
 mod systemd;
 mod tls;
 mod trust;
+mod wasi_p3;
