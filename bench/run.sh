@@ -6,6 +6,13 @@
 #   wasmtime-pooling    the same with its pooling allocator
 #   node-cluster        Node.js cluster + Express, one worker per core
 #   native-hyper        hyper hello/echo: the ceiling for the HTTP layer
+# WASI 0.3 rows (not run by default; name them in SERVERS), all serving
+# examples/p3-hello (a wasi:http/service@0.3.0 component), GET scenarios only:
+#   wcluster-p3         fresh instance per request (wcluster's default)
+#   wcluster-p3-reuse   --reuse-instances 128 --max-instance-concurrency 16
+#   wasmtime-serve-p3   `wasmtime serve -Sp3 -Scli` (its defaults: an
+#                       instance serves up to 128 requests, 16 at once)
+#   SERVERS="wcluster-p3 wcluster-p3-reuse wasmtime-serve-p3" SCENARIOS="keepalive close" bench/run.sh
 # Scenarios: keep-alive GET, one request per connection (Connection: close,
 # which exercises wcluster's hand-off), POST echo of 64 KiB, and `overload`:
 # keep-alive GET from OVERLOAD_CONNS (1000) connections, far past the
@@ -62,8 +69,9 @@ if wants node-cluster && [ ! -d bench/node/node_modules/express ]; then
 fi
 scripts/setup.sh
 cargo build --release -q -p wcluster -p native-hello
-cargo build --release -q --target wasm32-wasip2 -p hello -p echo
+cargo build --release -q --target wasm32-wasip2 -p hello -p echo -p p3-hello
 hello=target/wasm32-wasip2/release/hello.wasm
+p3_hello=target/wasm32-wasip2/release/p3_hello.wasm
 echo_wasm=target/wasm32-wasip2/release/echo.wasm
 if tls_wanted; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
@@ -88,6 +96,7 @@ start_server() { # name port kind(get|post|tls|scraped) -> pid in $server_pid
   # `scraped`: wcluster with its admin endpoint, for the scraper below.
   [ "$kind" = scraped ] && tls=(--admin "127.0.0.1:$admin_port")
   [ "$kind" = post ] && file=$echo_wasm
+  [[ $name == *-p3* ]] && file=$p3_hello
   if [ "$kind" = tls ]; then
     pair=("$work/tls-cert.pem" "$work/tls-key.pem")
     tls=(--tls-cert "${pair[0]}" --tls-key "${pair[1]}")
@@ -99,6 +108,12 @@ start_server() { # name port kind(get|post|tls|scraped) -> pid in $server_pid
         --cache-dir "$work/cache-baseline" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
     wcluster-reuse) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 1000 "${tls[@]}" >"$work/$name.log" 2>&1 & ;;
+    wcluster-p3) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
+    wcluster-p3-reuse) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 128 \
+        --max-instance-concurrency 16 >"$work/$name.log" 2>&1 & ;;
+    wasmtime-serve-p3) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -Sp3 -Scli --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
     wasmtime-serve) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
     wasmtime-pooling) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli -O pooling-allocator=y --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
     node-cluster) taskset -c "$SERVER_CPU" node bench/node/server.js "$port" >"$work/$name.log" 2>&1 & ;;
@@ -146,6 +161,8 @@ declare -A result cold rss_idle rss_load
 for s in "${servers[@]}"; do
   for sc in "${scenarios[@]}"; do
     kind=get; [ "$sc" = post ] && kind=post
+    # The 0.3 component has no echo route and no TLS rows.
+    [[ $s == *-p3* && ($sc == post || $sc == tls-* || $sc == scraped) ]] && continue
     scheme=http
     scraper=
     if [ "$sc" = scraped ]; then
@@ -184,7 +201,8 @@ for s in "${servers[@]}"; do
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-printf '\n%-17s %-13s %12s %12s %10s %10s %7s %9s\n' server scenario req/s good/s p50 p99 errors "vs wcluster"
+echo "(the ratio column: against wcluster; for -p3 rows, against wasmtime-serve-p3)"
+printf '\n%-17s %-13s %12s %12s %10s %10s %7s %9s\n' server scenario req/s good/s p50 p99 errors "ratio"
 json_rows=()
 for sc in "${scenarios[@]}"; do
   read -r base _ <<<"${result[wcluster,$sc]:-0}"
@@ -193,8 +211,11 @@ for sc in "${scenarios[@]}"; do
     read -r rps p50 p99 err <<<"${result[$s,$sc]}"
     # Responses per second that were not errors (non-2xx, socket errors).
     good=$(awk -v r="$rps" -v e="$err" -v d="$DURATION" 'BEGIN { g = r - e / d; printf "%.2f", g < 0 ? 0 : g }')
-    printf '%-17s %-13s %12s %12s %10s %10s %7s %9s\n' "$s" "$sc" "$rps" "$good" "$p50" "$p99" "$err" "$(ratio "$rps" "$base")"
-    json_rows+=("{\"server\":\"$s\",\"scenario\":\"$sc\",\"rps\":$rps,\"good_rps\":$good,\"p50\":\"$p50\",\"p99\":\"$p99\",\"errors\":$err,\"ratio_to_wcluster\":$(ratio "$rps" "$base")}")
+    # WASI 0.3 rows are compared with `wasmtime serve -Sp3` on the same component.
+    b=$base
+    [[ $s == *-p3* ]] && read -r b _ <<<"${result[wasmtime-serve-p3,$sc]:-0}"
+    printf '%-17s %-13s %12s %12s %10s %10s %7s %9s\n' "$s" "$sc" "$rps" "$good" "$p50" "$p99" "$err" "$(ratio "$rps" "$b")"
+    json_rows+=("{\"server\":\"$s\",\"scenario\":\"$sc\",\"rps\":$rps,\"good_rps\":$good,\"p50\":\"$p50\",\"p99\":\"$p99\",\"errors\":$err,\"ratio_to_wcluster\":$(ratio "$rps" "$b")}")
   done
 done
 printf '\n%-17s %14s %14s %16s\n' server cold_start_ms rss_idle_kb rss_keepalive_kb

@@ -3,7 +3,8 @@
 #  - handlers built with wcluster's guest SDK run unchanged under
 #    `wasmtime serve -S cli` (checked here: examples/hello and rust-json;
 #    examples/visits, which uses wasi:config and wasi:keyvalue, under
-#    `-S cli,config,keyvalue` with a config value);
+#    `-S cli,config,keyvalue` with a config value; examples/p3-hello, a
+#    WASI 0.3 component, under `-Sp3 -Scli`);
 #  - handlers written against the plain `wasi` crate run unchanged on
 #    wcluster (tests/handlers/echo is one; the end-to-end tests serve it).
 # Installs the wasmtime CLI from crates.io at the version wcluster embeds
@@ -16,7 +17,7 @@ if [ "$("$tools/bin/wasmtime" --version 2>/dev/null | awk '{print $2}')" != "$ve
   cargo install -q --locked wasmtime-cli --version "$version" --root "$tools"
 fi
 scripts/setup.sh
-cargo build -q --release --target wasm32-wasip2 -p hello -p rust-json -p visits
+cargo build -q --release --target wasm32-wasip2 -p hello -p rust-json -p visits -p p3-hello
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 check() { # file path method expected [wasmtime serve options]
   "$tools/bin/wasmtime" serve -S cli "${@:5}" --addr "127.0.0.1:$port" "$1" >/dev/null 2>&1 &
@@ -39,3 +40,4 @@ check target/wasm32-wasip2/release/hello.wasm "/?name=wasmtime" GET "Hello, wasm
 check target/wasm32-wasip2/release/rust_json.wasm /greet POST '"message":"Hello, wasmtime!"'
 check target/wasm32-wasip2/release/visits.wasm / GET "hi from wasmtime, visitor #1" \
   -S config -S config-var=greeting="hi from wasmtime" -S keyvalue
+check target/wasm32-wasip2/release/p3_hello.wasm "/?name=wasmtime" GET "Hello, wasmtime, from WASI 0.3!" -Sp3
