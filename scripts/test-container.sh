@@ -18,8 +18,14 @@ case ${1:-} in
   *) echo "usage: $0 [--no-build]" >&2; exit 2 ;;
 esac
 
-command -v podman >/dev/null || { echo "test-container: needs podman" >&2; exit 1; }
-command -v curl >/dev/null || { echo "test-container: needs curl" >&2; exit 1; }
+# podman 4.3 from Debian runs containers with runc here (see containers.conf below).
+for pkg in podman:podman runc:runc curl:curl; do
+  if ! command -v "${pkg%%:*}" >/dev/null; then
+    echo "test-container: installing ${pkg#*:} (apt)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkg#*:}" >/dev/null
+  fi
+done
 
 tmp=$(mktemp -d)
 containers=()
