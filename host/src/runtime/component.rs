@@ -21,6 +21,7 @@ use http_body_util::BodyExt;
 
 use super::capabilities::Capabilities;
 use super::guest::{GuardedBody, GuestError, RequestBody};
+use super::guest_io::GuestLog;
 use super::keyvalue::{self, KeyValue, KvView};
 use super::outbound::{Outbound, Sent};
 
@@ -31,14 +32,22 @@ pub struct GuestState {
     hooks: Hooks,
     config: Arc<WasiConfigVariables>,
     keyvalue: Arc<KeyValue>,
+    /// The guest's stdout and stderr, to label a reused instance's output
+    /// with the request it serves.
+    logs: Vec<GuestLog>,
 }
 
 impl GuestState {
     /// A store's data: its WASI context, and the worker's outbound client,
     /// the version's configuration and the worker's key-value store.
-    pub fn new(wasi: WasiCtx, caps: &Capabilities, config: Arc<WasiConfigVariables>) -> Self {
+    pub fn new(
+        (wasi, logs): (WasiCtx, Vec<GuestLog>),
+        caps: &Capabilities,
+        config: Arc<WasiConfigVariables>,
+    ) -> Self {
         Self {
             wasi,
+            logs,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: Hooks {
@@ -214,6 +223,7 @@ pub async fn handle<B>(
     pre: &ProxyPre<GuestState>,
     pool: Option<&std::sync::Arc<InstancePool>>,
     state: impl FnOnce() -> GuestState,
+    request_id: Arc<str>,
     req: hyper::Request<B>,
     body_limit: u64,
     deadline: Instant,
@@ -224,7 +234,13 @@ where
 {
     let reused = pool.and_then(|p| p.take());
     let (mut store, proxy, uses) = match reused {
-        Some(idle) => (idle.store, Some(idle.proxy), idle.uses),
+        Some(idle) => {
+            // Its output is this request's now.
+            for log in &idle.store.data().logs {
+                log.serve(request_id.clone());
+            }
+            (idle.store, Some(idle.proxy), idle.uses)
+        }
         None => {
             let mut store = Store::new(pre.engine(), state());
             super::guest::yield_at_every_tick(&mut store);
@@ -235,12 +251,21 @@ where
     let pool = pool.cloned();
     let req = req.map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
     let (tx, rx) = tokio::sync::oneshot::channel();
+    // Whether the guest set its response: one that returned without doing
+    // so (an exception its runtime swallowed) has failed, at once.
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (req, out) = {
         let mut http = store.data_mut().http();
         let req = http
             .new_incoming_request(Scheme::Http, req)
             .map_err(GuestError::Failed)?;
-        let out = http.new_response_outparam(tx).map_err(GuestError::Failed)?;
+        let flag = answered.clone();
+        let out = http
+            .new_response_outparam_from_callback(move |resp| {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                tx.send(resp).ok();
+            })
+            .map_err(GuestError::Failed)?;
         (req, out)
     };
     let pre = pre.clone();
@@ -256,6 +281,11 @@ where
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await?;
+            // Dropping the store drops the unset outparam: the caller hears
+            // at once, and the instance is not reused.
+            if !answered.load(std::sync::atomic::Ordering::Relaxed) {
+                wasmtime::bail!("the handler returned without setting a response");
+            }
             Ok::<_, wasmtime::Error>(proxy)
         };
         let result = match tokio::time::timeout_at(deadline, run).await {

@@ -50,6 +50,15 @@ impl GuestLog {
         }
     }
 
+    /// A reused instance starts serving another request: its lines carry
+    /// that request's id from now on, under fresh per-request caps.
+    pub fn serve(&self, request: Arc<str>) {
+        let mut lb = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        lb.finish();
+        lb.request = request;
+        (lb.lines, lb.bytes) = (0, 0);
+    }
+
     fn push(&self, bytes: &[u8]) {
         let mut lb = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if lb.bytes >= MAX_BYTES {
@@ -90,6 +99,14 @@ impl LineBuf {
 
 impl Drop for LineBuf {
     fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl LineBuf {
+    /// The end of a request's output: its last partial line, and what the
+    /// caps dropped.
+    fn finish(&mut self) {
         if !self.buf.is_empty() {
             let line = std::mem::take(&mut self.buf);
             self.emit(&line);
@@ -112,6 +129,7 @@ impl Drop for LineBuf {
                 self.dropped_bytes
             );
         }
+        (self.dropped, self.dropped_bytes) = (0, 0);
     }
 }
 

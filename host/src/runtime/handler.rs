@@ -81,8 +81,8 @@ impl Handler {
                             let (caps, config) = (caps.clone(), config.clone());
                             let make = move || {
                                 let ctx = wasi_builder(&caps, &"reused".into())
-                                    .map(|mut w| w.build())
-                                    .unwrap_or_else(|_| WasiCtxBuilder::new().build());
+                                    .map(|(mut w, logs)| (w.build(), logs))
+                                    .unwrap_or_else(|_| (WasiCtxBuilder::new().build(), vec![]));
                                 GuestState::new(ctx, &caps, config.clone())
                             };
                             component_p3::Reuse::new(
@@ -114,7 +114,7 @@ impl Handler {
         })
     }
 
-    fn wasi(&self, request_id: &Arc<str>) -> Result<WasiCtxBuilder> {
+    fn wasi(&self, request_id: &Arc<str>) -> Result<(WasiCtxBuilder, Vec<GuestLog>)> {
         wasi_builder(&self.caps, request_id)
     }
 
@@ -141,32 +141,68 @@ impl Handler {
             Guest::Component(pre, Some(pool)) => {
                 let make = || {
                     let ctx = wasi()
-                        .map(|mut w| w.build())
-                        .unwrap_or_else(|_| WasiCtxBuilder::new().build());
+                        .map(|(mut w, logs)| (w.build(), logs))
+                        .unwrap_or_else(|_| (WasiCtxBuilder::new().build(), vec![]));
                     GuestState::new(ctx, &self.caps, self.config.clone())
                 };
-                component::handle(pre, Some(pool), make, req, body_limit, deadline, on_done).await
+                let id = request_id.clone();
+                component::handle(
+                    pre,
+                    Some(pool),
+                    make,
+                    id,
+                    req,
+                    body_limit,
+                    deadline,
+                    on_done,
+                )
+                .await
             }
             Guest::Component(pre, None) => {
-                let mut ctx = wasi()?;
-                let make = move || GuestState::new(ctx.build(), &self.caps, self.config.clone());
-                component::handle(pre, None, make, req, body_limit, deadline, on_done).await
+                let (mut ctx, logs) = wasi()?;
+                let make =
+                    move || GuestState::new((ctx.build(), logs), &self.caps, self.config.clone());
+                let id = request_id.clone();
+                component::handle(pre, None, make, id, req, body_limit, deadline, on_done).await
             }
             Guest::Service(_, Some(reuse)) => {
                 reuse.handle(req, body_limit, deadline, on_done).await
             }
             Guest::Service(pre, None) => {
-                let mut ctx = wasi()?;
-                let make = move || GuestState::new(ctx.build(), &self.caps, self.config.clone());
+                let (mut ctx, logs) = wasi()?;
+                let make =
+                    move || GuestState::new((ctx.build(), logs), &self.caps, self.config.clone());
                 component_p3::handle(pre, make, req, body_limit, deadline, on_done).await
             }
-            Guest::Cgi(pre) => cgi::handle(pre, wasi()?, req, body_limit, deadline, on_done).await,
+            Guest::Cgi(pre) => {
+                let (ctx, _) = wasi()?;
+                cgi::handle(pre, ctx, req, body_limit, deadline, on_done).await
+            }
         }
     }
 
     /// The deploy smoke check: `GET path` must produce a whole response
-    /// (any status) without trapping or passing `timeout`.
+    /// (any status) without trapping or passing `timeout`. With instance
+    /// reuse, twice, through the same instance: a handler that cannot
+    /// serve a second request in one instance must not go live with reuse.
     pub async fn smoke_check(&self, path: &str, timeout: Duration) -> Result<u16> {
+        let status = self.smoke_once(path, timeout).await?;
+        let reused = matches!(
+            self.guest,
+            Guest::Component(_, Some(_)) | Guest::Service(_, Some(_))
+        );
+        if reused {
+            self.smoke_once(path, timeout).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{e:#}, on the second request to one instance: this handler cannot serve \
+                     more than one request per instance; run it without --reuse-instances"
+                )
+            })?;
+        }
+        Ok(status)
+    }
+
+    async fn smoke_once(&self, path: &str, timeout: Duration) -> Result<u16> {
         use http_body_util::BodyExt;
         let req = hyper::Request::get(path)
             .header(http::header::HOST, "localhost")
@@ -195,17 +231,25 @@ impl Handler {
     }
 }
 
-/// The capabilities every instance gets: its output to the log, and only
-/// the environment variables and directories granted.
-fn wasi_builder(caps: &Capabilities, request_id: &Arc<str>) -> Result<WasiCtxBuilder> {
+/// The capabilities every instance gets: its output to the log (returned
+/// too, so a reused instance can relabel it), and only the environment
+/// variables and directories granted.
+fn wasi_builder(
+    caps: &Capabilities,
+    request_id: &Arc<str>,
+) -> Result<(WasiCtxBuilder, Vec<GuestLog>)> {
     let mut wasi = WasiCtxBuilder::new();
-    wasi.stdout(GuestLog::new("stdout", request_id.clone()))
-        .stderr(GuestLog::new("stderr", request_id.clone()))
+    let (stdout, stderr) = (
+        GuestLog::new("stdout", request_id.clone()),
+        GuestLog::new("stderr", request_id.clone()),
+    );
+    wasi.stdout(stdout.clone())
+        .stderr(stderr.clone())
         .envs(&caps.grants.env);
     for d in &caps.grants.dirs {
         wasi.preopened_dir(&d.host, &d.guest, FsPerms::ReadOnly)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("cannot open granted directory `{}`", d.host.display()))?;
     }
-    Ok(wasi)
+    Ok((wasi, vec![stdout, stderr]))
 }

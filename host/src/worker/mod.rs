@@ -111,6 +111,18 @@ async fn run(fd: OwnedFd) -> Result<()> {
                 engine.increment_epoch();
             }
         })?;
+    // With reuse, the first version too must show it can serve a second
+    // request in one instance before it takes traffic (the epoch ticks by
+    // now, so a guest that loops cannot hang this).
+    if deployer.reuse.max_uses > 0
+        && let Err(e) = handler
+            .smoke_check(&deployer.smoke.path, deployer.smoke.timeout)
+            .await
+    {
+        let error = format!("{e:#}");
+        chan.send(&ToPrimary::Failed { error }, None).await.ok();
+        return Err(e);
+    }
     let ctx = Arc::new(WorkerCtx::new(init.index, handler, init.limits.clone()));
     let connections = admission::Connections::new(init.limits.max_connections, chan.clone());
     admission::spawn_summary(init.index, ctx.requests.clone(), connections.clone());

@@ -118,3 +118,29 @@ fn assemblyscript() {
 fn wat() {
     serves("wat.wat", "Hello from wcluster!", "Hello from wcluster!");
 }
+
+/// The JavaScript example cannot serve a second request in one instance
+/// (componentize-js: "respondWith can't be called twice"): with reuse it is
+/// refused before it takes traffic, never served as a storm of 504s.
+#[test]
+fn javascript_with_reuse_is_refused() {
+    let js = example("javascript.wasm");
+    let cache = cache_dir();
+    let (ok, stderr) = run_to_exit(&[
+        "serve",
+        js.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--reuse-instances",
+        "1000",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("run it without --reuse-instances"),
+        "{stderr}"
+    );
+}

@@ -17,6 +17,7 @@ mod keyvalue;
 mod lifecycle;
 mod outbound;
 mod overload;
+mod reuse;
 mod scale;
 mod serving;
 mod startup;

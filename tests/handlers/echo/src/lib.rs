@@ -16,6 +16,38 @@ impl wasi::exports::http::incoming_handler::Guest for Echo {
             // Returns without setting a response: the host must answer 500.
             return;
         }
+        if path == "/forget" {
+            // Returns without setting a response and keeps the outparam alive,
+            // as a JavaScript runtime that swallowed an exception does: the
+            // host must still answer 500 at once, and drop the instance.
+            std::mem::forget(out);
+            return;
+        }
+        if path == "/once" {
+            // Serves one request per instance; after that behaves as /forget
+            // (a handler that is not safe to reuse).
+            static USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if USED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                std::mem::forget(out);
+                return;
+            }
+        }
+        if path == "/count" || path == "/once" {
+            // Requests this instance has served (tells a reused instance
+            // from a fresh one).
+            static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let resp = OutgoingResponse::new(Fields::new());
+            let body = resp.body().expect("outgoing body");
+            ResponseOutparam::set(out, Ok(resp));
+            {
+                let mut output = body.write().expect("output stream");
+                let _ = Write::write_all(&mut output, format!("{n}\n").as_bytes());
+                let _ = Write::flush(&mut output);
+            }
+            OutgoingBody::finish(body, None).expect("finish body");
+            return;
+        }
         if path == "/huge" || path == "/panic-after-headers" {
             stream_then(&path, out);
             return;
