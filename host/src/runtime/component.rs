@@ -221,9 +221,10 @@ impl InstancePool {
 /// `on_done` runs when it has finished, whatever the outcome.
 pub async fn handle<B>(
     pre: &ProxyPre<GuestState>,
-    pool: Option<&std::sync::Arc<InstancePool>>,
+    // With reuse: the pool, and the id of this request, which a reused
+    // instance's output is labelled with.
+    reuse: Option<(&Arc<InstancePool>, Arc<str>)>,
     state: impl FnOnce() -> GuestState,
-    request_id: Arc<str>,
     req: hyper::Request<B>,
     body_limit: u64,
     deadline: Instant,
@@ -232,12 +233,16 @@ pub async fn handle<B>(
 where
     B: RequestBody,
 {
+    let (pool, request_id) = match reuse {
+        Some((pool, id)) => (Some(pool), Some(id)),
+        None => (None, None),
+    };
     let reused = pool.and_then(|p| p.take());
     let (mut store, proxy, uses) = match reused {
         Some(idle) => {
             // Its output is this request's now.
-            for log in &idle.store.data().logs {
-                log.serve(request_id.clone());
+            for (log, id) in idle.store.data().logs.iter().zip(request_id) {
+                log.serve(id.clone());
             }
             (idle.store, Some(idle.proxy), idle.uses)
         }

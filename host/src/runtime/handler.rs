@@ -145,25 +145,14 @@ impl Handler {
                         .unwrap_or_else(|_| (WasiCtxBuilder::new().build(), vec![]));
                     GuestState::new(ctx, &self.caps, self.config.clone())
                 };
-                let id = request_id.clone();
-                component::handle(
-                    pre,
-                    Some(pool),
-                    make,
-                    id,
-                    req,
-                    body_limit,
-                    deadline,
-                    on_done,
-                )
-                .await
+                let reuse = Some((pool, request_id.clone()));
+                component::handle(pre, reuse, make, req, body_limit, deadline, on_done).await
             }
             Guest::Component(pre, None) => {
                 let (mut ctx, logs) = wasi()?;
                 let make =
                     move || GuestState::new((ctx.build(), logs), &self.caps, self.config.clone());
-                let id = request_id.clone();
-                component::handle(pre, None, make, id, req, body_limit, deadline, on_done).await
+                component::handle(pre, None, make, req, body_limit, deadline, on_done).await
             }
             Guest::Service(_, Some(reuse)) => {
                 reuse.handle(req, body_limit, deadline, on_done).await
