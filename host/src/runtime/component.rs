@@ -241,8 +241,10 @@ where
     let (mut store, proxy, uses) = match reused {
         Some(idle) => {
             // Its output is this request's now.
-            for (log, id) in idle.store.data().logs.iter().zip(request_id) {
-                log.serve(id.clone());
+            if let Some(id) = &request_id {
+                for log in &idle.store.data().logs {
+                    log.serve(id.clone());
+                }
             }
             (idle.store, Some(idle.proxy), idle.uses)
         }

@@ -81,6 +81,14 @@ fn a_reused_instance_labels_its_output_with_the_request_it_serves() {
             (200, "printed\n".into())
         );
     }
+    // The access-log line of the last request may still be on its way.
+    server.wait_for_events(Duration::from_secs(5), |events| {
+        events
+            .iter()
+            .filter(|e| e["target"] == "access" && e["fields"]["path"] == "/print")
+            .count()
+            == 3
+    });
     let events = server.events(Some("guest"));
     let ids: Vec<String> = events
         .iter()
