@@ -17,10 +17,8 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use http_body_util::BodyExt;
-
 use super::capabilities::Capabilities;
-use super::guest::{GuardedBody, GuestError, RequestBody};
+use super::guest::{GuestError, RequestBody};
 use super::guest_io::GuestLog;
 use super::keyvalue::{self, KeyValue, KvView};
 use super::outbound::{Outbound, Sent};
@@ -200,6 +198,11 @@ impl InstancePool {
         }
     }
 
+    /// Drops the idle instances.
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn take(&self) -> Option<Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
@@ -306,36 +309,9 @@ where
             Ok(Err(e)) => Err(GuestError::Failed(e)),
             Err(_) => Err(GuestError::Timeout),
         };
-        on_done();
-        let outcome = match &result {
-            Ok(()) => Ok(()),
-            Err(GuestError::Timeout) => Err("ran past the request deadline".to_string()),
-            Err(GuestError::Failed(e)) => Err(e.root_cause().to_string()),
-            Err(GuestError::BadGateway(why)) => Err(why.clone()),
-        };
-        outcome_tx.send(outcome).ok();
-        result
+        super::guest::settle(result, on_done, outcome_tx)
     });
-    match tokio::time::timeout_at(deadline, rx).await {
-        Ok(Ok(Ok(resp))) => Ok(resp.map(|body| GuardedBody::new(body, outcome_rx).boxed_unsync())),
-        Ok(Ok(Err(code))) => Err(GuestError::Failed(wasmtime::format_err!(
-            "guest answered with error {code:?}"
-        ))),
-        // The outparam was dropped unset: the task's result says why.
-        Ok(Err(_)) => match task.await {
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(GuestError::Failed(wasmtime::format_err!(
-                "the handler returned without setting a response"
-            ))),
-            Err(e) => Err(GuestError::Failed(wasmtime::format_err!(
-                "the request task failed: {e}"
-            ))),
-        },
-        Err(_) => {
-            task.abort();
-            Err(GuestError::Timeout)
-        }
-    }
+    super::guest::response(deadline, rx, task, outcome_rx).await
 }
 
 /// The request body with the size limit applied, its errors in the type

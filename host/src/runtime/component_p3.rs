@@ -25,7 +25,7 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use super::component::{GuestState, LimitedBody};
-use super::guest::{GuardedBody, GuestError, RequestBody};
+use super::guest::{GuestError, RequestBody};
 
 /// The request as a 0.3 guest sees it: an absolute URI, as 0.2 guests get
 /// their authority from `Host` (wasi-http strips `Host` itself).
@@ -97,36 +97,9 @@ where
             Ok(Err(e)) => Err(GuestError::Failed(e)),
             Err(_) => Err(GuestError::Timeout),
         };
-        on_done();
-        let outcome = match &result {
-            Ok(()) => Ok(()),
-            Err(GuestError::Timeout) => Err("ran past the request deadline".to_string()),
-            Err(GuestError::Failed(e)) => Err(e.root_cause().to_string()),
-            Err(GuestError::BadGateway(why)) => Err(why.clone()),
-        };
-        outcome_tx.send(outcome).ok();
-        result
+        super::guest::settle(result, on_done, outcome_tx)
     });
-    match tokio::time::timeout_at(deadline, rx).await {
-        Ok(Ok(Ok(resp))) => Ok(resp.map(|body| GuardedBody::new(body, outcome_rx).boxed_unsync())),
-        Ok(Ok(Err(code))) => Err(GuestError::Failed(wasmtime::format_err!(
-            "guest answered with error {code:?}"
-        ))),
-        // No answer: the task's result says why.
-        Ok(Err(_)) => match task.await {
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(GuestError::Failed(wasmtime::format_err!(
-                "the handler returned without a response"
-            ))),
-            Err(e) => Err(GuestError::Failed(wasmtime::format_err!(
-                "the request task failed: {e}"
-            ))),
-        },
-        Err(_) => {
-            task.abort();
-            Err(GuestError::Timeout)
-        }
-    }
+    super::guest::response(deadline, rx, task, outcome_rx).await
 }
 
 /// Opt-in reuse: instances that serve up to `max_uses` requests,

@@ -92,6 +92,55 @@ impl hyper::body::Body for GuardedBody {
     }
 }
 
+/// The end of a guest's request task: `on_done`, and the outcome its
+/// response body's guard waits for.
+pub fn settle(
+    result: Result<(), GuestError>,
+    on_done: impl FnOnce(),
+    outcome: tokio::sync::oneshot::Sender<Result<(), String>>,
+) -> Result<(), GuestError> {
+    on_done();
+    let why = match &result {
+        Ok(()) => Ok(()),
+        Err(GuestError::Timeout) => Err("ran past the request deadline".to_string()),
+        Err(GuestError::Failed(e)) => Err(e.root_cause().to_string()),
+        Err(GuestError::BadGateway(why)) => Err(why.clone()),
+    };
+    outcome.send(why).ok();
+    result
+}
+
+/// Waits until `deadline` for the response a guest's task sends on `rx`
+/// (or the error code it answered with); when none comes, the task's
+/// result says why. The body is guarded by the task's outcome.
+pub async fn response<E: std::fmt::Debug>(
+    deadline: tokio::time::Instant,
+    rx: tokio::sync::oneshot::Receiver<Result<hyper::Response<HyperOutgoingBody>, E>>,
+    task: tokio::task::JoinHandle<Result<(), GuestError>>,
+    outcome: tokio::sync::oneshot::Receiver<Result<(), String>>,
+) -> Result<hyper::Response<HyperOutgoingBody>, GuestError> {
+    use http_body_util::BodyExt;
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(Ok(resp))) => Ok(resp.map(|body| GuardedBody::new(body, outcome).boxed_unsync())),
+        Ok(Ok(Err(code))) => Err(GuestError::Failed(wasmtime::format_err!(
+            "guest answered with error {code:?}"
+        ))),
+        Ok(Err(_)) => match task.await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(GuestError::Failed(wasmtime::format_err!(
+                "the handler returned without setting a response"
+            ))),
+            Err(e) => Err(GuestError::Failed(wasmtime::format_err!(
+                "the request task failed: {e}"
+            ))),
+        },
+        Err(_) => {
+            task.abort();
+            Err(GuestError::Timeout)
+        }
+    }
+}
+
 /// Makes a busy guest yield to the worker's other requests at every epoch
 /// tick; the deadline itself is a tokio timeout around the whole call.
 /// tokio's `yield_now` (not a plain wake) lets the I/O driver run first, so

@@ -187,6 +187,10 @@ impl Handler {
                      more than one request per instance; run it without --reuse-instances"
                 )
             })?;
+            // Live traffic starts in instances the smoke requests left alone.
+            if let Guest::Component(_, Some(pool)) = &self.guest {
+                pool.clear();
+            }
         }
         Ok(status)
     }

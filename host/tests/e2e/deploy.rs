@@ -93,7 +93,7 @@ fn bad_versions_never_go_live() {
         (
             "wrong world",
             wrong_world,
-            "does not export `wasi:http/incoming-handler`",
+            "exports nothing; expected `wasi:http/incoming-handler@0.2.x`",
         ),
         (
             "traps on smoke check",

@@ -26,6 +26,18 @@ pub fn fetch(server: &Server, url: &str, extra: &str) -> (u16, String) {
     .unwrap()
 }
 
+/// An upstream serving `handler`, and the reach handler allowed to call it
+/// (with `flags`): (upstream, reach, the upstream's port).
+fn upstream_and_reach(handler: &std::path::Path, flags: &[&str]) -> (Server, Server, u16) {
+    let upstream = Server::start(handler, &["--workers", "1"]);
+    let port = upstream.addr.port();
+    let allow = format!("http://127.0.0.1:{port}");
+    let mut args = vec!["--workers", "1", "--allow-outbound", &allow];
+    args.extend_from_slice(flags);
+    let reach = Server::start(&guests().reach, &args);
+    (upstream, reach, port)
+}
+
 #[test]
 fn allowed_upstreams_answer_and_everything_else_is_denied() {
     let g = guests();
@@ -94,20 +106,8 @@ fn without_a_grant_every_request_is_denied() {
 
 #[test]
 fn a_stalled_upstream_is_cut_at_the_timeout_and_the_worker_goes_on() {
-    let g = guests();
-    let upstream = Server::start(&g.testkit, &["--workers", "1"]);
-    let port = upstream.addr.port();
-    let server = Server::start(
-        &g.reach,
-        &[
-            "--workers",
-            "1",
-            "--allow-outbound",
-            &format!("http://127.0.0.1:{port}"),
-            "--outbound-first-byte-timeout",
-            "1s",
-        ],
-    );
+    let (_upstream, server, port) =
+        upstream_and_reach(&guests().testkit, &["--outbound-first-byte-timeout", "1s"]);
     let stalled = format!("http://127.0.0.1:{port}/slow?ms=8000");
     // The flag's cap.
     let start = Instant::now();
@@ -140,19 +140,9 @@ fn a_stalled_upstream_is_cut_at_the_timeout_and_the_worker_goes_on() {
 
 #[test]
 fn an_upstream_that_stalls_mid_body_is_cut_between_bytes() {
-    let g = guests();
-    let upstream = Server::start(&g.streaming, &["--workers", "1"]);
-    let port = upstream.addr.port();
-    let server = Server::start(
-        &g.reach,
-        &[
-            "--workers",
-            "1",
-            "--allow-outbound",
-            &format!("http://127.0.0.1:{port}"),
-            "--outbound-between-bytes-timeout",
-            "500ms",
-        ],
+    let (_upstream, server, port) = upstream_and_reach(
+        &guests().streaming,
+        &["--outbound-between-bytes-timeout", "500ms"],
     );
     let (status, body) = fetch(
         &server,

@@ -82,7 +82,8 @@ fn component_without_incoming_handler() {
     let path = file("empty.wat", b"(component)");
     let err = serve_fails(&path, &[]);
     assert!(
-        err.contains("empty.wat") && err.contains("does not export `wasi:http/incoming-handler`"),
+        err.contains("empty.wat")
+            && err.contains("exports nothing; expected `wasi:http/incoming-handler@0.2.x`"),
         "{err}"
     );
 }
@@ -91,7 +92,14 @@ fn component_without_incoming_handler() {
 fn component_importing_the_unknown() {
     let path = file(
         "imports.wat",
-        br#"(component (import "acme:nope/thing" (instance (export "f" (func)))))"#,
+        // Exports the right name, so the import is what is wrong.
+        br#"(component
+              (import "acme:nope/thing" (instance (export "f" (func))))
+              (core module $m (func (export "h")))
+              (core instance $i (instantiate $m))
+              (func $h (canon lift (core func $i "h")))
+              (instance $inst (export "handle" (func $h)))
+              (export "wasi:http/incoming-handler@0.2.0" (instance $inst)))"#,
     );
     let err = serve_fails(&path, &[]);
     assert!(err.contains("acme:nope/thing"), "{err}");
