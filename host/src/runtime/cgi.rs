@@ -85,6 +85,14 @@ pub fn cgi_env(parts: &http::request::Parts, conn: Option<ConnInfo>) -> Vec<(Str
         env.push(("REMOTE_ADDR".into(), peer.ip().to_string()));
         env.push(("REMOTE_PORT".into(), peer.port().to_string()));
     }
+    let tls = conn.is_some_and(|c| c.tls);
+    if tls {
+        env.push(("HTTPS".into(), "on".into()));
+    }
+    env.push((
+        "REQUEST_SCHEME".into(),
+        if tls { "https" } else { "http" }.into(),
+    ));
     for (name, value) in &parts.headers {
         // `X_Remote_User` would become the same HTTP_X_REMOTE_USER as
         // `X-Remote-User`, which proxies in front strip or set: names with
@@ -316,10 +324,15 @@ mod tests {
         let conn = ConnInfo {
             peer: Some("10.1.2.3:4444".parse().unwrap()),
             local: Some("127.0.0.1:8080".parse().unwrap()),
+            tls: true,
         };
         let env: std::collections::HashMap<_, _> =
             cgi_env(&parts, Some(conn)).into_iter().collect();
         assert_eq!(env["REQUEST_METHOD"], "POST");
+        assert_eq!(
+            (env["HTTPS"].as_str(), env["REQUEST_SCHEME"].as_str()),
+            ("on", "https")
+        );
         assert_eq!(env["PATH_INFO"], "/a/b");
         assert_eq!(env["QUERY_STRING"], "x=1&y=2");
         assert_eq!(env["CONTENT_TYPE"], "text/plain");

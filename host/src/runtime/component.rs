@@ -259,6 +259,11 @@ where
     };
     store.set_epoch_deadline(1);
     let pool = pool.cloned();
+    let scheme = if super::guest::is_tls(&req) {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
     let req = req.map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
     let (tx, rx) = tokio::sync::oneshot::channel();
     // Whether the guest set its response: one that returned without doing
@@ -267,7 +272,7 @@ where
     let (req, out) = {
         let mut http = store.data_mut().http();
         let req = http
-            .new_incoming_request(Scheme::Http, req)
+            .new_incoming_request(scheme, req)
             .map_err(GuestError::Failed)?;
         let flag = answered.clone();
         let out = http

@@ -30,6 +30,11 @@ use super::guest::{GuestError, RequestBody};
 /// The request as a 0.3 guest sees it: an absolute URI, as 0.2 guests get
 /// their authority from `Host` (wasi-http strips `Host` itself).
 fn absolute<B>(req: hyper::Request<B>) -> hyper::Request<B> {
+    let scheme = if super::guest::is_tls(&req) {
+        "https"
+    } else {
+        "http"
+    };
     let (mut parts, body) = req.into_parts();
     if parts.uri.authority().is_none() {
         let host = parts
@@ -43,7 +48,7 @@ fn absolute<B>(req: hyper::Request<B>) -> hyper::Request<B> {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string();
-            if let Ok(uri) = format!("http://{host}{path}").parse() {
+            if let Ok(uri) = format!("{scheme}://{host}{path}").parse() {
                 parts.uri = uri;
             }
         }

@@ -33,11 +33,18 @@ where
 {
 }
 
-/// Where a request came from and arrived at, for CGI's REMOTE_ADDR etc.
+/// Where a request came from and arrived at, for CGI's REMOTE_ADDR etc.,
+/// and whether it came over TLS (the scheme guests see: `https`, HTTPS=on).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnInfo {
     pub peer: Option<std::net::SocketAddr>,
     pub local: Option<std::net::SocketAddr>,
+    pub tls: bool,
+}
+
+/// Whether the request arrived over TLS.
+pub fn is_tls<B>(req: &hyper::Request<B>) -> bool {
+    req.extensions().get::<ConnInfo>().is_some_and(|c| c.tls)
 }
 
 /// A guest's response body, ended with an error instead of cleanly when the

@@ -89,6 +89,7 @@ async fn start(
     let info = ConnInfo {
         peer: stream.peer_addr().ok(),
         local: stream.local_addr().ok(),
+        tls: tls.is_some(),
     };
     let Some(acceptor) = tls else {
         return run(ctx, stream, first_bytes, info, watcher, permit);

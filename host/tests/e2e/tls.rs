@@ -428,3 +428,44 @@ fn outbound_https_trusts_the_system_roots_and_outbound_ca() {
         (502, "error TlsCertificateError\n".into())
     );
 }
+
+/// Behind --tls-cert a guest sees the scheme it was reached by: `https` in
+/// a 0.2 or 0.3 component's request, HTTPS=on for a CGI module.
+#[test]
+fn guests_see_the_https_scheme() {
+    let pki = pki("scheme");
+    let g = guests();
+    let agent = ureq::AgentBuilder::new()
+        .tls_config(pki.ca.client())
+        .timeout(Duration::from_secs(30))
+        .build();
+    let tls = [
+        "--tls-cert",
+        pki.cert.to_str().unwrap(),
+        "--tls-key",
+        pki.key.to_str().unwrap(),
+        "--workers",
+        "1",
+    ];
+    for handler in [&g.testkit, &g.p3kit] {
+        let server = Server::start(handler, &tls);
+        assert_eq!(
+            get(&agent, &url(&server, "/scheme")).unwrap(),
+            (200, "https\n".into()),
+            "{}",
+            handler.display()
+        );
+        let plain = Server::start(handler, &["--workers", "1"]);
+        assert_eq!(
+            get(&fresh_client(), &plain.url("/scheme")).unwrap(),
+            (200, "http\n".into())
+        );
+    }
+    let server = Server::start(&g.cgi, &tls);
+    let (status, env) = get(&agent, &url(&server, "/env")).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        env.lines().any(|l| l == "HTTPS=on") && env.lines().any(|l| l == "REQUEST_SCHEME=https"),
+        "{env}"
+    );
+}

@@ -11,6 +11,7 @@
 //!                          instance was serving at once, at most
 //!   GET  /trailers         a body, then trailers (announced in `trailer`)
 //!   GET  /env?name=X       the environment variable X, if granted
+//!   GET  /scheme           the request's scheme as the host gave it
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -148,6 +149,11 @@ impl wasip3::exports::http::handler::Guest for P3Kit {
                 b"body before trailers\n".to_vec(),
                 Some(fields(&[("x-checksum", "abc123")])),
             )),
+            "/scheme" => text(match request.get_scheme() {
+                Some(wasip3::http::types::Scheme::Https) => "https\n".to_string(),
+                Some(wasip3::http::types::Scheme::Http) => "http\n".to_string(),
+                other => format!("{other:?}\n"),
+            }),
             "/env" => {
                 let name = param(&path, "name").unwrap_or_default();
                 text(format!("{}\n", std::env::var(&name).unwrap_or_default()))

@@ -39,6 +39,8 @@ fn handle(req: Request) -> Response {
             text(format!("wrote {mb} MiB\n"))
         }
         // The authority the host gave the request.
+        // The scheme the host gave the request (https behind --tls-cert).
+        "/scheme" => text(format!("{}\n", req.uri().scheme_str().unwrap_or(""))),
         "/authority" => text(format!(
             "{}\n",
             req.uri().authority().map_or("", |a| a.as_str())
