@@ -51,8 +51,9 @@ pub fn kind(path: &Path, bytes: &[u8]) -> Result<Kind> {
         Ok(Kind::CoreModule)
     } else {
         bail!(
-            "`{name}` is not a WebAssembly file (expected a wasi:http/proxy component or a WASI \
-             command module, in binary or text form: `\\0asm`, `(component` or `(module`)"
+            "`{name}` is not a WebAssembly file (expected a wasi:http component, WASI 0.2 or \
+             0.3, or a WASI command module, in binary or text form: `\\0asm`, `(component` \
+             or `(module`)"
         )
     }
 }
