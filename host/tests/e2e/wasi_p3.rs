@@ -182,3 +182,39 @@ fn a_component_that_is_neither_is_refused_with_what_it_exports() {
     let (ok, stderr) = run_to_exit(&["serve", other.to_str().unwrap()]);
     assert!(!ok && stderr.contains("exports run;"), "{stderr}");
 }
+
+#[test]
+fn p3_request_bodies_are_held_to_the_limit() {
+    let server = Server::start(&guests().p3kit, &["--workers", "1", "--max-body", "1KiB"]);
+    // Declared too long: refused before any guest runs.
+    match fresh_client()
+        .post(&server.url("/echo"))
+        .send_bytes(&[7u8; 4096])
+    {
+        Err(ureq::Error::Status(code, _)) => assert_eq!(code, 413),
+        other => panic!("expected 413, got {other:?}"),
+    }
+    // Undeclared (chunked): the guest's stream fails at the limit, so the
+    // echo never comes back whole.
+    let echoed = fresh_client()
+        .post(&server.url("/echo"))
+        .send(std::io::Cursor::new(vec![7u8; 4096]))
+        .map_err(|e| e.to_string())
+        .and_then(|r| {
+            let mut body = Vec::new();
+            r.into_reader()
+                .read_to_end(&mut body)
+                .map(|_| body)
+                .map_err(|e| e.to_string())
+        });
+    assert!(
+        !echoed.as_ref().is_ok_and(|b| b.len() >= 4096),
+        "the whole body came back: {} bytes",
+        echoed.map(|b| b.len()).unwrap_or(0)
+    );
+    // And the worker goes on serving.
+    assert_eq!(
+        get(&fresh_client(), &server.url("/")).unwrap(),
+        (200, "hello from WASI 0.3\n".into())
+    );
+}
