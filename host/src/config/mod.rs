@@ -292,8 +292,9 @@ fn keyvalue_grant(caps: &CapabilityArgs, cache_dir: &Path) -> Result<KeyValueGra
         };
         // Other users must not read or forge the handlers' state.
         crate::runtime::cache::private_dir(&dir, "state directory", "--state-dir")?;
-        let dir = dir.canonicalize()?;
-        KeyValueBackend::Sqlite(dir.join("keyvalue.sqlite3"))
+        let file = dir.canonicalize()?.join("keyvalue.sqlite3");
+        crate::runtime::keyvalue::sqlite::Sqlite::prepare(&file)?;
+        KeyValueBackend::Sqlite(file)
     } else if caps.keyvalue.starts_with("redis://") || caps.keyvalue.starts_with("rediss://") {
         redis::Client::open(caps.keyvalue.as_str())
             .with_context(|| format!("--keyvalue `{}`", caps.keyvalue))?;

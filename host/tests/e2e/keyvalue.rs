@@ -17,7 +17,9 @@ use crate::harness::*;
 const CLIENTS: usize = 32;
 
 /// `total` concurrent `/incr?key=KEY` requests, spread over `servers`;
-/// every answer must be a number.
+/// every answer must be a number. The first bad answer is reported after all
+/// clients stop, so it ends the test's output rather than hiding in the
+/// servers' logs.
 fn increment_concurrently(servers: &[&Server], key: &str, total: usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let urls: Vec<String> = servers
@@ -27,19 +29,23 @@ fn increment_concurrently(servers: &[&Server], key: &str, total: usize) {
     let threads: Vec<_> = (0..CLIENTS)
         .map(|t| {
             let (next, url) = (next.clone(), urls[t % urls.len()].clone());
-            std::thread::spawn(move || {
+            std::thread::spawn(move || -> Result<(), String> {
                 let agent = keepalive_client();
                 while next.fetch_add(1, Ordering::Relaxed) < total {
-                    let (status, body) = get(&agent, &url).unwrap();
-                    assert_eq!(status, 200, "{body}");
-                    body.trim().parse::<u64>().unwrap();
+                    match get(&agent, &url) {
+                        Ok((200, body)) if body.trim().parse::<u64>().is_ok() => {}
+                        other => return Err(format!("{url}: {other:?}")),
+                    }
                 }
+                Ok(())
             })
         })
         .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    let failures: Vec<String> = threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap().err())
+        .collect();
+    assert!(failures.is_empty(), "increments failed: {failures:#?}");
 }
 
 fn value(server: &Server, key: &str) -> (u16, String) {
@@ -104,6 +110,38 @@ fn sqlite_increments_add_up_across_workers_and_survive_a_restart() {
     let server = start_reach(&["--state-dir", state_arg]);
     assert_eq!(value(&server, "hits"), (200, "8000".into()));
     assert!(state.join("keyvalue.sqlite3").is_file());
+}
+
+#[test]
+fn a_state_file_that_is_not_sqlite_is_refused_at_start() {
+    let state = scratch("kv-not-sqlite");
+    std::fs::write(
+        state.join("keyvalue.sqlite3"),
+        b"these are not the pages of a database\n",
+    )
+    .unwrap();
+    let out = wcluster()
+        .arg("serve")
+        .arg(&guests().reach)
+        .args(["--addr", "127.0.0.1:0", "--workers", "1", "--state-dir"])
+        .arg(&state)
+        .arg("--cache-dir")
+        .arg(state.join("cache"))
+        .arg("--control")
+        .arg(state.join("control.sock"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served with a broken state file");
+    assert!(
+        stderr.contains("keyvalue.sqlite3") && stderr.contains("not a database"),
+        "{stderr}"
+    );
+    // Nothing was overwritten.
+    assert_eq!(
+        std::fs::read(state.join("keyvalue.sqlite3")).unwrap(),
+        b"these are not the pages of a database\n"
+    );
 }
 
 /// A redis-server on a free loopback port, without persistence; killed on drop.

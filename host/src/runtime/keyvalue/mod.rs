@@ -9,7 +9,7 @@
 //! down gives the guest an error (and the log a line), never a hung request.
 
 mod redis;
-mod sqlite;
+pub(crate) mod sqlite;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -20,15 +20,20 @@ pub struct Sqlite {
 }
 
 impl Sqlite {
-    /// Opens (creating on first use) the database; its directory must exist.
-    pub async fn open(path: &Path, busy: Duration) -> Result<Self> {
-        let path = path.to_path_buf();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
-            let conn = Connection::open(&path)
-                .with_context(|| format!("cannot open `{}`", path.display()))?;
-            conn.busy_timeout(busy)?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+    /// Creates the database (WAL mode, the table) once, in the primary,
+    /// before any worker opens it. Done by the workers at once, the switch to
+    /// WAL and the CREATE TABLE are write upgrades that SQLite refuses with
+    /// SQLITE_BUSY, without waiting, to all but one of them.
+    pub fn prepare(path: &Path) -> Result<()> {
+        let init = || -> Result<()> {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            let mode: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            anyhow::ensure!(
+                mode.eq_ignore_ascii_case("wal"),
+                "it cannot use write-ahead logging (journal mode {mode})"
+            );
             conn.execute_batch(
                 "CREATE TABLE IF NOT EXISTS kv (
                      bucket TEXT NOT NULL,
@@ -37,6 +42,24 @@ impl Sqlite {
                      PRIMARY KEY (bucket, key)
                  ) WITHOUT ROWID",
             )?;
+            Ok(())
+        };
+        init().with_context(|| format!("the key-value database `{}`", path.display()))
+    }
+
+    /// Opens a worker's connection to the database `prepare` made.
+    pub async fn open(path: &Path, busy: Duration) -> Result<Self> {
+        let path = path.to_path_buf();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
+            let conn = Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .with_context(|| format!("cannot open `{}`", path.display()))?;
+            conn.busy_timeout(busy)?;
+            // Per connection; WAL keeps it crash-safe, a power cut may lose the last commits.
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
             Ok(conn)
         })
         .await??;
