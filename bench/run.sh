@@ -9,10 +9,13 @@
 # WASI 0.3 rows (not run by default; name them in SERVERS), all serving
 # examples/p3-hello (a wasi:http/service@0.3.0 component), GET scenarios only:
 #   wcluster-p3         fresh instance per request (wcluster's default)
-#   wcluster-p3-reuse   --reuse-instances 128 --max-instance-concurrency 16
+#   wcluster-p3-reuse   --reuse-instances 128 (one request at a time per
+#                       instance, the default)
+#   wcluster-p3-reuse-c16  the same with --max-instance-concurrency 16
+#                       (wasmtime serve's model: 16 at once per instance)
 #   wasmtime-serve-p3   `wasmtime serve -Sp3 -Scli` (its defaults: an
 #                       instance serves up to 128 requests, 16 at once)
-#   SERVERS="wcluster-p3 wcluster-p3-reuse wasmtime-serve-p3" SCENARIOS="keepalive close" bench/run.sh
+#   SERVERS="wcluster-p3 wcluster-p3-reuse wcluster-p3-reuse-c16 wasmtime-serve-p3" SCENARIOS="keepalive close" bench/run.sh
 # Scenarios: keep-alive GET, one request per connection (Connection: close,
 # which exercises wcluster's hand-off), POST echo of 64 KiB, and `overload`:
 # keep-alive GET from OVERLOAD_CONNS (1000) connections, far past the
@@ -111,6 +114,8 @@ start_server() { # name port kind(get|post|tls|scraped) -> pid in $server_pid
     wcluster-p3) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
     wcluster-p3-reuse) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 128 >"$work/$name.log" 2>&1 & ;;
+    wcluster-p3-reuse-c16) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 128 \
         --max-instance-concurrency 16 >"$work/$name.log" 2>&1 & ;;
     wasmtime-serve-p3) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -Sp3 -Scli --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
@@ -202,7 +207,7 @@ done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo "(the ratio column: against wcluster; for -p3 rows, against wasmtime-serve-p3)"
-printf '\n%-17s %-13s %12s %12s %10s %10s %7s %9s\n' server scenario req/s good/s p50 p99 errors "ratio"
+printf '\n%-22s %-13s %12s %12s %10s %10s %7s %9s\n' server scenario req/s good/s p50 p99 errors "ratio"
 json_rows=()
 for sc in "${scenarios[@]}"; do
   read -r base _ <<<"${result[wcluster,$sc]:-0}"
@@ -214,15 +219,15 @@ for sc in "${scenarios[@]}"; do
     # WASI 0.3 rows are compared with `wasmtime serve -Sp3` on the same component.
     b=$base
     [[ $s == *-p3* ]] && read -r b _ <<<"${result[wasmtime-serve-p3,$sc]:-0}"
-    printf '%-17s %-13s %12s %12s %10s %10s %7s %9s\n' "$s" "$sc" "$rps" "$good" "$p50" "$p99" "$err" "$(ratio "$rps" "$b")"
+    printf '%-22s %-13s %12s %12s %10s %10s %7s %9s\n' "$s" "$sc" "$rps" "$good" "$p50" "$p99" "$err" "$(ratio "$rps" "$b")"
     json_rows+=("{\"server\":\"$s\",\"scenario\":\"$sc\",\"rps\":$rps,\"good_rps\":$good,\"p50\":\"$p50\",\"p99\":\"$p99\",\"errors\":$err,\"ratio_to_wcluster\":$(ratio "$rps" "$b")}")
   done
 done
-printf '\n%-17s %14s %14s %16s\n' server cold_start_ms rss_idle_kb rss_keepalive_kb
+printf '\n%-22s %14s %14s %16s\n' server cold_start_ms rss_idle_kb rss_keepalive_kb
 extra=()
 for s in "${servers[@]}"; do
   # Measured in the keepalive scenario only (null when it was not run).
-  printf '%-17s %14s %14s %16s\n' "$s" "${cold[$s]:--}" "${rss_idle[$s]:--}" "${rss_load[$s]:--}"
+  printf '%-22s %14s %14s %16s\n' "$s" "${cold[$s]:--}" "${rss_idle[$s]:--}" "${rss_load[$s]:--}"
   extra+=("{\"server\":\"$s\",\"cold_start_ms\":${cold[$s]:-null},\"rss_idle_kb\":${rss_idle[$s]:-null},\"rss_keepalive_kb\":${rss_load[$s]:-null}}")
 done
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')

@@ -115,8 +115,9 @@ pub struct ServeArgs {
     pub reuse_instances: u32,
 
     /// With --reuse-instances, how many requests one WASI 0.3 instance may
-    /// serve at once (0.2 instances serve one at a time).
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    /// serve at once. 1 (like 0.2 instances) is fastest for handlers that
+    /// compute; more saves instances when handlers mostly wait.
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub max_instance_concurrency: u32,
 
     /// A worker silent this long (hung, or stopped) is killed and replaced.

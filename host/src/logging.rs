@@ -3,7 +3,9 @@
 //!
 //! Lines go through a buffer that a background thread writes out, so the
 //! access log costs a request a copy into memory, not a write(2) of its own.
-//! The buffer blocks rather than drops when full: no log line is lost.
+//! The buffer blocks rather than drops when full: no log line is lost. The
+//! thread writes whatever lines are waiting in one write(2), and flushes
+//! whenever none are left, so a quiet server's lines still appear at once.
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
@@ -18,7 +20,10 @@ pub fn init(format: LogFormat) -> WorkerGuard {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

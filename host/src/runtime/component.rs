@@ -11,8 +11,8 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -20,6 +20,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 use super::capabilities::Capabilities;
 use super::guest::{GuestError, RequestBody};
 use super::guest_io::GuestLog;
+use super::instance_pool::{InstancePool, Pooled};
 use super::keyvalue::{self, KeyValue, KvView};
 use super::outbound::{Outbound, Sent};
 
@@ -53,6 +54,13 @@ impl GuestState {
             },
             config,
             keyvalue: caps.keyvalue.clone(),
+        }
+    }
+
+    /// A reused instance's output is `request_id`'s from now on.
+    pub fn serve(&self, request_id: &Arc<str>) {
+        for log in &self.logs {
+            log.serve(request_id.clone());
         }
     }
 }
@@ -173,51 +181,6 @@ pub fn pre_instantiate(engine: &Engine, component: &Component) -> Result<HttpPre
     })
 }
 
-/// Opt-in instance reuse (`--reuse-instances N`): an instance serves up to
-/// N requests before it is dropped. Trades isolation for speed: state a
-/// guest keeps in globals or memory is seen by the requests after it. An
-/// instance that trapped is never reused.
-pub struct InstancePool {
-    idle: std::sync::Mutex<Vec<Idle>>,
-    max_uses: u32,
-    max_idle: usize,
-}
-
-struct Idle {
-    store: Store<GuestState>,
-    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
-    uses: u32,
-}
-
-impl InstancePool {
-    pub fn new(max_uses: u32, max_idle: usize) -> Self {
-        Self {
-            idle: std::sync::Mutex::new(Vec::new()),
-            max_uses,
-            max_idle,
-        }
-    }
-
-    /// Drops the idle instances.
-    pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    fn take(&self) -> Option<Idle> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-
-    fn give_back(&self, idle: Idle) {
-        if idle.uses >= self.max_uses {
-            return;
-        }
-        let mut pool = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < self.max_idle {
-            pool.push(idle);
-        }
-    }
-}
-
 /// Runs one request in a fresh instance of `pre` (or, with a pool, in an
 /// instance that served earlier requests). The guest keeps running
 /// after it has set the response, to stream the body, until `deadline`;
@@ -226,7 +189,7 @@ pub async fn handle<B>(
     pre: &ProxyPre<GuestState>,
     // With reuse: the pool, and the id of this request, which a reused
     // instance's output is labelled with.
-    reuse: Option<(&Arc<InstancePool>, Arc<str>)>,
+    reuse: Option<(&Arc<InstancePool<Proxy>>, Arc<str>)>,
     state: impl FnOnce() -> GuestState,
     req: hyper::Request<B>,
     body_limit: u64,
@@ -236,21 +199,12 @@ pub async fn handle<B>(
 where
     B: RequestBody,
 {
-    let (pool, request_id) = match reuse {
-        Some((pool, id)) => (Some(pool), Some(id)),
+    let (pool, reused) = match reuse {
+        Some((pool, id)) => (Some(pool.clone()), pool.take(&id)),
         None => (None, None),
     };
-    let reused = pool.and_then(|p| p.take());
     let (mut store, proxy, uses) = match reused {
-        Some(idle) => {
-            // Its output is this request's now.
-            if let Some(id) = &request_id {
-                for log in &idle.store.data().logs {
-                    log.serve(id.clone());
-                }
-            }
-            (idle.store, Some(idle.proxy), idle.uses)
-        }
+        Some(p) => (p.store, Some(p.instance), p.uses),
         None => {
             let mut store = Store::new(pre.engine(), state());
             super::guest::yield_at_every_tick(&mut store);
@@ -258,7 +212,6 @@ where
         }
     };
     store.set_epoch_deadline(1);
-    let pool = pool.cloned();
     let scheme = if super::guest::is_tls(&req) {
         Scheme::Https
     } else {
@@ -306,8 +259,11 @@ where
         let result = match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok(proxy)) => {
                 if let Some(pool) = &pool {
-                    let uses = uses + 1;
-                    pool.give_back(Idle { store, proxy, uses });
+                    pool.give_back(Pooled {
+                        store,
+                        instance: proxy,
+                        uses,
+                    });
                 }
                 Ok(())
             }

@@ -4,9 +4,10 @@
 //! the 0.2 components in component.rs.
 //!
 //! Isolation is the default: a fresh instance per request. With
-//! `--reuse-instances N`, wasmtime-wasi-http's `ProxyHandler` (what
-//! `wasmtime serve` uses) keeps instances that serve up to N requests each,
-//! `--max-instance-concurrency` of them at once.
+//! `--reuse-instances N`, instances serve up to N requests each: one at a
+//! time from a pool, as 0.2 instances do, or, with
+//! `--max-instance-concurrency C` above 1, C at once through
+//! wasmtime-wasi-http's `ProxyHandler` (what `wasmtime serve` uses).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,10 +23,11 @@ use wasmtime_wasi_http::handler::{
     HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState,
     WorkerStatus,
 };
-use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
 use super::component::{GuestState, LimitedBody};
 use super::guest::{GuestError, RequestBody};
+use super::instance_pool::{InstancePool, Pooled};
 
 /// The request as a 0.3 guest sees it: an absolute URI, as 0.2 guests get
 /// their authority from `Host` (wasi-http strips `Host` itself).
@@ -56,11 +58,29 @@ fn absolute<B>(req: hyper::Request<B>) -> hyper::Request<B> {
     hyper::Request::from_parts(parts, body)
 }
 
-/// Runs one request in a fresh instance, until `deadline`. The store keeps
-/// running after the response head, streaming the body and trailers, until
-/// the guest's tasks have finished; `on_done` runs then, whatever the outcome.
+/// How 0.3 instances are used, by `--reuse-instances N` and
+/// `--max-instance-concurrency C`.
+pub enum ServiceReuse {
+    /// A fresh instance per request (N = 0, the default).
+    Fresh,
+    /// C = 1: an instance serves one request at a time, up to N in turn,
+    /// from the same pool as 0.2 components.
+    Sequential(Arc<InstancePool<Service>>),
+    /// C > 1: wasmtime-wasi-http's `ProxyHandler` runs up to C requests at
+    /// once in one instance.
+    Concurrent(Reuse),
+}
+
+/// Runs one request in a fresh instance (or, with a pool, in one that
+/// served earlier requests), until `deadline`. The store keeps running after
+/// the response head, streaming the body and trailers, until the guest's
+/// tasks have finished; `on_done` runs then, whatever the outcome, and a
+/// pooled instance goes back only if they finished well.
 pub async fn handle<B>(
     pre: &ServicePre<GuestState>,
+    // With reuse: the pool, and the id of this request, which a reused
+    // instance's output is labelled with.
+    reuse: Option<(&Arc<InstancePool<Service>>, Arc<str>)>,
     state: impl FnOnce() -> GuestState,
     req: hyper::Request<B>,
     body_limit: u64,
@@ -70,8 +90,19 @@ pub async fn handle<B>(
 where
     B: RequestBody,
 {
-    let mut store = Store::new(pre.engine(), state());
-    super::guest::yield_at_every_tick(&mut store);
+    let (pool, reused) = match reuse {
+        Some((pool, id)) => (Some(pool.clone()), pool.take(&id)),
+        None => (None, None),
+    };
+    let (mut store, service, uses) = match reused {
+        Some(p) => (p.store, Some(p.instance), p.uses),
+        None => {
+            let mut store = Store::new(pre.engine(), state());
+            super::guest::yield_at_every_tick(&mut store);
+            (store, None, 0)
+        }
+    };
+    store.set_epoch_deadline(1);
     let req = absolute(req)
         .map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
     let (request, request_io) =
@@ -82,10 +113,14 @@ where
     let deadline = tokio::time::Instant::from_std(deadline);
     let task = tokio::spawn(async move {
         let run = async {
-            let service = pre.instantiate_async(&mut store).await?;
+            let service = match service {
+                Some(s) => s,
+                None => pre.instantiate_async(&mut store).await?,
+            };
+            let guest = &service;
             store
                 .run_concurrent(async move |acc| {
-                    let answer = match service.handle(acc, request).await? {
+                    let answer = match guest.handle(acc, request).await? {
                         Ok(resp) => Ok(acc.with(|s| resp.into_http(s, request_io))?),
                         Err(code) => Err(code),
                     };
@@ -95,10 +130,19 @@ where
                     Ok::<_, wasmtime::Error>(())
                 })
                 .await??;
-            Ok::<_, wasmtime::Error>(())
+            Ok::<_, wasmtime::Error>(service)
         };
         let result = match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(service)) => {
+                if let Some(pool) = &pool {
+                    pool.give_back(Pooled {
+                        store,
+                        instance: service,
+                        uses,
+                    });
+                }
+                Ok(())
+            }
             Ok(Err(e)) => Err(GuestError::Failed(e)),
             Err(_) => Err(GuestError::Timeout),
         };
@@ -107,7 +151,7 @@ where
     super::guest::response(deadline, rx, task, outcome_rx).await
 }
 
-/// Opt-in reuse: instances that serve up to `max_uses` requests,
+/// Concurrent reuse: instances that serve up to `max_uses` requests,
 /// `concurrency` at once, each request under its own deadline.
 pub struct Reuse {
     handler: ProxyHandler<Instances>,

@@ -9,20 +9,22 @@ use anyhow::{Context, Result, bail};
 use wasmtime::component::Component;
 use wasmtime::{Engine, InstancePre, Module, Precompiled};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use super::capabilities::Capabilities;
 use super::cgi::{self, CgiState};
 use super::component::{self, GuestState, HttpPre};
-use super::component_p3;
+use super::component_p3::{self, ServiceReuse};
 use super::guest::{GuestError, RequestBody};
 use super::guest_io::GuestLog;
+use super::instance_pool::InstancePool;
+use super::prefetch;
 
 enum Guest {
-    Component(ProxyPre<GuestState>, Option<Arc<component::InstancePool>>),
-    Service(ServicePre<GuestState>, Option<component_p3::Reuse>),
+    Component(ProxyPre<GuestState>, Option<Arc<InstancePool<Proxy>>>),
+    Service(ServicePre<GuestState>, ServiceReuse),
     Cgi(InstancePre<CgiState>),
 }
 
@@ -71,29 +73,37 @@ impl Handler {
                     .with_context(|| format!("cannot load artifact `{name}`"))?;
                 match component::pre_instantiate(engine, &c)? {
                     HttpPre::P2(pre) => {
-                        // Idle instances kept: enough for a busy worker's concurrency.
-                        let pool = (reuse.max_uses > 0)
-                            .then(|| Arc::new(component::InstancePool::new(reuse.max_uses, 64)));
+                        let pool = (reuse.max_uses > 0).then(|| InstancePool::new(reuse.max_uses));
                         Guest::Component(pre, pool)
                     }
                     HttpPre::P3(pre) => {
-                        let reused = (reuse.max_uses > 0).then(|| {
-                            let (caps, config) = (caps.clone(), config.clone());
-                            let make = move || {
-                                let ctx = wasi_builder(&caps, &"reused".into())
-                                    .map(|(mut w, logs)| (w.build(), logs))
-                                    .unwrap_or_else(|_| (WasiCtxBuilder::new().build(), vec![]));
-                                GuestState::new(ctx, &caps, config.clone())
-                            };
-                            component_p3::Reuse::new(
-                                pre.clone(),
-                                Arc::new(make),
-                                reuse.max_uses,
-                                reuse.concurrency,
-                                reuse.request_timeout,
-                            )
-                        });
-                        Guest::Service(pre, reused)
+                        let reuse = match reuse {
+                            InstanceReuse { max_uses: 0, .. } => ServiceReuse::Fresh,
+                            InstanceReuse {
+                                max_uses,
+                                concurrency: 1,
+                                ..
+                            } => ServiceReuse::Sequential(InstancePool::new(max_uses)),
+                            _ => {
+                                let (caps, config) = (caps.clone(), config.clone());
+                                let make = move || {
+                                    let ctx = wasi_builder(&caps, &"reused".into())
+                                        .map(|(mut w, logs)| (w.build(), logs))
+                                        .unwrap_or_else(|_| {
+                                            (WasiCtxBuilder::new().build(), vec![])
+                                        });
+                                    GuestState::new(ctx, &caps, config.clone())
+                                };
+                                ServiceReuse::Concurrent(component_p3::Reuse::new(
+                                    pre.clone(),
+                                    Arc::new(make),
+                                    reuse.max_uses,
+                                    reuse.concurrency,
+                                    reuse.request_timeout,
+                                ))
+                            }
+                        };
+                        Guest::Service(pre, reuse)
                     }
                 }
             }
@@ -135,16 +145,16 @@ impl Handler {
             self.wasi(&request_id)
                 .map_err(|e| GuestError::Failed(wasmtime::Error::from_anyhow(e)))
         };
+        // A reused instance keeps the context it was created with, so a
+        // context is only built when an instance is.
+        let make = || {
+            let ctx = wasi()
+                .map(|(mut w, logs)| (w.build(), logs))
+                .unwrap_or_else(|_| (WasiCtxBuilder::new().build(), vec![]));
+            GuestState::new(ctx, &self.caps, self.config.clone())
+        };
         match &self.guest {
-            // A reused instance keeps the context it was created with, so a
-            // context is only built when an instance is.
             Guest::Component(pre, Some(pool)) => {
-                let make = || {
-                    let ctx = wasi()
-                        .map(|(mut w, logs)| (w.build(), logs))
-                        .unwrap_or_else(|_| (WasiCtxBuilder::new().build(), vec![]));
-                    GuestState::new(ctx, &self.caps, self.config.clone())
-                };
                 let reuse = Some((pool, request_id.clone()));
                 component::handle(pre, reuse, make, req, body_limit, deadline, on_done).await
             }
@@ -154,14 +164,25 @@ impl Handler {
                     move || GuestState::new((ctx.build(), logs), &self.caps, self.config.clone());
                 component::handle(pre, None, make, req, body_limit, deadline, on_done).await
             }
-            Guest::Service(_, Some(reuse)) => {
-                reuse.handle(req, body_limit, deadline, on_done).await
+            Guest::Service(_, ServiceReuse::Concurrent(reuse)) => {
+                let resp = reuse.handle(req, body_limit, deadline, on_done).await?;
+                Ok(prefetch::prefetch(resp).await)
             }
-            Guest::Service(pre, None) => {
+            Guest::Service(pre, ServiceReuse::Sequential(pool)) => {
+                let reuse = Some((pool, request_id.clone()));
+                let resp =
+                    component_p3::handle(pre, reuse, make, req, body_limit, deadline, on_done)
+                        .await?;
+                Ok(prefetch::prefetch(resp).await)
+            }
+            Guest::Service(pre, ServiceReuse::Fresh) => {
                 let (mut ctx, logs) = wasi()?;
                 let make =
                     move || GuestState::new((ctx.build(), logs), &self.caps, self.config.clone());
-                component_p3::handle(pre, make, req, body_limit, deadline, on_done).await
+                let resp =
+                    component_p3::handle(pre, None, make, req, body_limit, deadline, on_done)
+                        .await?;
+                Ok(prefetch::prefetch(resp).await)
             }
             Guest::Cgi(pre) => {
                 let (ctx, _) = wasi()?;
@@ -178,7 +199,8 @@ impl Handler {
         let status = self.smoke_once(path, timeout).await?;
         let reused = matches!(
             self.guest,
-            Guest::Component(_, Some(_)) | Guest::Service(_, Some(_))
+            Guest::Component(_, Some(_))
+                | Guest::Service(_, ServiceReuse::Sequential(_) | ServiceReuse::Concurrent(_))
         );
         if reused {
             self.smoke_once(path, timeout).await.map_err(|e| {
@@ -188,8 +210,10 @@ impl Handler {
                 )
             })?;
             // Live traffic starts in instances the smoke requests left alone.
-            if let Guest::Component(_, Some(pool)) = &self.guest {
-                pool.clear();
+            match &self.guest {
+                Guest::Component(_, Some(pool)) => pool.clear(),
+                Guest::Service(_, ServiceReuse::Sequential(pool)) => pool.clear(),
+                _ => {}
             }
         }
         Ok(status)

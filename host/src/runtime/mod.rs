@@ -14,5 +14,7 @@ pub mod engine;
 pub mod guest;
 pub mod guest_io;
 pub mod handler;
+pub mod instance_pool;
 pub mod keyvalue;
 pub mod outbound;
+pub mod prefetch;

@@ -128,6 +128,48 @@ fn p3_reuse_serves_requests_at_once_in_one_instance() {
     );
 }
 
+#[test]
+fn p3_reuse_one_request_at_a_time_by_default() {
+    let server = Server::start(
+        &guests().p3kit,
+        &[
+            "--workers",
+            "1",
+            "--reuse-instances",
+            "3",
+            "--request-timeout",
+            "2s",
+        ],
+    );
+    let agent = keepalive_client();
+    let counts: Vec<String> = (0..6)
+        .map(|_| get(&agent, &server.url("/count")).unwrap().1)
+        .collect();
+    // One instance serves three requests in turn, then a fresh one does.
+    let n = |i| format!("request {i} in this instance\n");
+    assert_eq!(counts, [n(1), n(2), n(3), n(1), n(2), n(3)]);
+    // Requests that overlap get instances of their own.
+    let url = server.url("/concurrent?ms=300");
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || get(&fresh_client(), &url).unwrap())
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), (200, "most at once: 1\n".into()));
+    }
+    // An instance that trapped or ran past the deadline is not given back.
+    assert_eq!(get(&agent, &server.url("/trap")).unwrap().0, 500);
+    assert_eq!(
+        status_within(&server, "/loop", Duration::from_secs(3)).0,
+        504
+    );
+    let (status, body) = get(&agent, &server.url("/count")).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.starts_with("request "), "{body}");
+}
+
 fn either_hello(body: &str) -> bool {
     body == "Hello, world!\n" || body == "Hello, world, from WASI 0.3!\n"
 }

@@ -9,6 +9,7 @@
 //!   GET  /slow?ms=N        waits N ms (asynchronously) before answering
 //!   GET  /concurrent?ms=N  waits N ms and reports how many requests this
 //!                          instance was serving at once, at most
+//!   GET  /count            how many requests this instance has been given
 //!   GET  /trailers         a body, then trailers (announced in `trailer`)
 //!   GET  /env?name=X       the environment variable X, if granted
 //!   GET  /scheme           the request's scheme as the host gave it
@@ -25,6 +26,7 @@ struct P3Kit;
 
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static MOST: AtomicUsize = AtomicUsize::new(0);
+static SERVED: AtomicUsize = AtomicUsize::new(0);
 
 fn fields(pairs: &[(&str, &str)]) -> Fields {
     let list: Vec<_> = pairs
@@ -144,6 +146,10 @@ impl wasip3::exports::http::handler::Guest for P3Kit {
                 IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
                 text(format!("most at once: {}\n", MOST.load(Ordering::SeqCst)))
             }
+            "/count" => text(format!(
+                "request {} in this instance\n",
+                SERVED.fetch_add(1, Ordering::SeqCst) + 1
+            )),
             "/trailers" => Ok(respond(
                 200,
                 b"body before trailers\n".to_vec(),
