@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use wasmtime::Engine;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -20,7 +20,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 use super::capabilities::Capabilities;
 use super::guest::{GuestError, RequestBody};
 use super::guest_io::GuestLog;
-use super::instance_pool::{InstancePool, Pooled};
+use super::instance_pool::{self, InstancePool};
 use super::keyvalue::{self, KeyValue, KvView};
 use super::outbound::{Outbound, Sent};
 
@@ -199,19 +199,7 @@ pub async fn handle<B>(
 where
     B: RequestBody,
 {
-    let (pool, reused) = match reuse {
-        Some((pool, id)) => (Some(pool.clone()), pool.take(&id)),
-        None => (None, None),
-    };
-    let (mut store, proxy, uses) = match reused {
-        Some(p) => (p.store, Some(p.instance), p.uses),
-        None => {
-            let mut store = Store::new(pre.engine(), state());
-            super::guest::yield_at_every_tick(&mut store);
-            (store, None, 0)
-        }
-    };
-    store.set_epoch_deadline(1);
+    let (mut store, proxy, lease) = instance_pool::checkout(reuse, pre.engine(), state);
     let scheme = if super::guest::is_tls(&req) {
         Scheme::Https
     } else {
@@ -258,12 +246,8 @@ where
         };
         let result = match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok(proxy)) => {
-                if let Some(pool) = &pool {
-                    pool.give_back(Pooled {
-                        store,
-                        instance: proxy,
-                        uses,
-                    });
+                if let Some(lease) = lease {
+                    lease.give_back(store, proxy);
                 }
                 Ok(())
             }

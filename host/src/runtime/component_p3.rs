@@ -27,7 +27,7 @@ use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
 use super::component::{GuestState, LimitedBody};
 use super::guest::{GuestError, RequestBody};
-use super::instance_pool::{InstancePool, Pooled};
+use super::instance_pool::{self, InstancePool};
 
 /// The request as a 0.3 guest sees it: an absolute URI, as 0.2 guests get
 /// their authority from `Host` (wasi-http strips `Host` itself).
@@ -90,19 +90,7 @@ pub async fn handle<B>(
 where
     B: RequestBody,
 {
-    let (pool, reused) = match reuse {
-        Some((pool, id)) => (Some(pool.clone()), pool.take(&id)),
-        None => (None, None),
-    };
-    let (mut store, service, uses) = match reused {
-        Some(p) => (p.store, Some(p.instance), p.uses),
-        None => {
-            let mut store = Store::new(pre.engine(), state());
-            super::guest::yield_at_every_tick(&mut store);
-            (store, None, 0)
-        }
-    };
-    store.set_epoch_deadline(1);
+    let (mut store, service, lease) = instance_pool::checkout(reuse, pre.engine(), state);
     let req = absolute(req)
         .map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
     let (request, request_io) =
@@ -134,12 +122,8 @@ where
         };
         let result = match tokio::time::timeout_at(deadline, run).await {
             Ok(Ok(service)) => {
-                if let Some(pool) = &pool {
-                    pool.give_back(Pooled {
-                        store,
-                        instance: service,
-                        uses,
-                    });
+                if let Some(lease) = lease {
+                    lease.give_back(store, service);
                 }
                 Ok(())
             }

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use wasmtime::Store;
+use wasmtime::{Engine, Store};
 
 use super::component::GuestState;
 
@@ -21,10 +21,10 @@ pub struct InstancePool<P> {
 }
 
 /// An instance with its store, and how many requests it has served.
-pub struct Pooled<P> {
-    pub store: Store<GuestState>,
-    pub instance: P,
-    pub uses: u32,
+struct Pooled<P> {
+    store: Store<GuestState>,
+    instance: P,
+    uses: u32,
 }
 
 impl<P> InstancePool<P> {
@@ -41,7 +41,7 @@ impl<P> InstancePool<P> {
     }
 
     /// An idle instance, its output now labelled with `request_id`.
-    pub fn take(&self, request_id: &Arc<str>) -> Option<Pooled<P>> {
+    fn take(&self, request_id: &Arc<str>) -> Option<Pooled<P>> {
         let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
         pooled.store.data().serve(request_id);
         Some(pooled)
@@ -49,7 +49,7 @@ impl<P> InstancePool<P> {
 
     /// Keeps `pooled`, which has just served one more request, unless it
     /// has served its N or the pool is full.
-    pub fn give_back(&self, mut pooled: Pooled<P>) {
+    fn give_back(&self, mut pooled: Pooled<P>) {
         pooled.uses += 1;
         if pooled.uses >= self.max_uses {
             return;
@@ -58,5 +58,46 @@ impl<P> InstancePool<P> {
         if idle.len() < MAX_IDLE {
             idle.push(pooled);
         }
+    }
+}
+
+/// The store for one request, and the instance in it if it is a reused one
+/// (the caller instantiates otherwise). With reuse, the lease gives both
+/// back once the request has gone well.
+pub fn checkout<P>(
+    // With reuse: the pool, and the id of this request, which a reused
+    // instance's output is labelled with.
+    reuse: Option<(&Arc<InstancePool<P>>, Arc<str>)>,
+    engine: &Engine,
+    state: impl FnOnce() -> GuestState,
+) -> (Store<GuestState>, Option<P>, Option<Lease<P>>) {
+    let (pool, reused) = match reuse {
+        Some((pool, id)) => (Some(pool.clone()), pool.take(&id)),
+        None => (None, None),
+    };
+    let (mut store, instance, uses) = match reused {
+        Some(p) => (p.store, Some(p.instance), p.uses),
+        None => {
+            let mut store = Store::new(engine, state());
+            super::guest::yield_at_every_tick(&mut store);
+            (store, None, 0)
+        }
+    };
+    store.set_epoch_deadline(1);
+    (store, instance, pool.map(|pool| Lease { pool, uses }))
+}
+
+pub struct Lease<P> {
+    pool: Arc<InstancePool<P>>,
+    uses: u32,
+}
+
+impl<P> Lease<P> {
+    pub fn give_back(self, store: Store<GuestState>, instance: P) {
+        self.pool.give_back(Pooled {
+            store,
+            instance,
+            uses: self.uses,
+        });
     }
 }
