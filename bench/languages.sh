@@ -6,7 +6,9 @@
 #   wcluster-reuse    --reuse-instances 1000, where the handler allows it
 #                     (one that cannot serve twice is refused: "refused")
 #   wasmtime-serve    `wasmtime serve -S cli` 48.0.8 on the same file
-#                     (components only: it runs no CGI modules)
+#                     (components only: it runs no CGI modules); for WASI
+#                     0.3 ones (python-p3) `-Sp3 -Scli`, which reuses
+#                     instances by default
 # One worker; the server on core 1, wrk on core 0. Results are printed
 # and written to bench/results/languages-*.json.
 #
@@ -50,7 +52,9 @@ start() {
       done
       ;;
     wasmtime-serve)
-      taskset -c 1 "$tools/bin/wasmtime" serve -S cli --addr "127.0.0.1:$port" "$2" >"$work/out" 2>"$work/err" &
+      local p3=()
+      [[ $2 == *-p3.wasm ]] && p3=(-Sp3)
+      taskset -c 1 "$tools/bin/wasmtime" serve -S cli "${p3[@]}" --addr "127.0.0.1:$port" "$2" >"$work/out" 2>"$work/err" &
       pid=$!
       for _ in $(seq 2000); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
       ;;
@@ -60,7 +64,7 @@ start() {
 
 rows=()
 printf '%-15s %10s %10s %-15s %10s %10s\n' handler bytes compile_ms server c1_rps c32_rps
-for f in rust-hello.wasm rust-json.wasm javascript.wasm python.wasm c.wasm assemblyscript.wasm wat.wat; do
+for f in rust-hello.wasm rust-json.wasm javascript.wasm python.wasm python-p3.wasm c.wasm assemblyscript.wasm wat.wat; do
   name=${f%.*}
   [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && continue
   size=$(stat -c %s "target/examples/$f")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds every example handler from source into OUT (default target/examples):
-# rust-hello, rust-json, rust-visits, python, javascript, c, assemblyscript (.wasm) and wat.
+# rust-hello, rust-json, rust-visits, python, python-p3 (WASI 0.3), javascript, c,
+# assemblyscript (.wasm) and wat.
 # Installs the toolchains it needs: Debian's clang + wasi-libc (apt), Node
 # packages (npm, per example), componentize-py (pip, in a venv under target/).
 set -euo pipefail
@@ -63,7 +64,8 @@ npm_install examples/javascript
 
 # Python
 scripts/python-example.sh "$out/python.wasm"
-for f in rust-hello.wasm rust-json.wasm rust-visits.wasm wat.wat c.wasm assemblyscript.wasm javascript.wasm python.wasm; do
+scripts/python-example.sh --p3 "$out/python-p3.wasm"
+for f in rust-hello.wasm rust-json.wasm rust-visits.wasm wat.wat c.wasm assemblyscript.wasm javascript.wasm python.wasm python-p3.wasm; do
   [ -s "$out/$f" ] || { say "$f was not built"; exit 1; }
 done
 say "built: $(cd "$out" && ls | tr '\n' ' ')"

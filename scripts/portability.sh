@@ -3,8 +3,8 @@
 #  - handlers built with wcluster's guest SDK run unchanged under
 #    `wasmtime serve -S cli` (checked here: examples/hello and rust-json;
 #    examples/visits, which uses wasi:config and wasi:keyvalue, under
-#    `-S cli,config,keyvalue` with a config value; examples/p3-hello, a
-#    WASI 0.3 component, under `-Sp3 -Scli`);
+#    `-S cli,config,keyvalue` with a config value; examples/p3-hello and
+#    examples/python-p3, WASI 0.3 components, under `-Sp3 -Scli`);
 #  - handlers written against the plain `wasi` crate run unchanged on
 #    wcluster (tests/handlers/echo is one; the end-to-end tests serve it).
 # Installs the wasmtime CLI from crates.io at the version wcluster embeds
@@ -41,3 +41,5 @@ check target/wasm32-wasip2/release/rust_json.wasm /greet POST '"message":"Hello,
 check target/wasm32-wasip2/release/visits.wasm / GET "hi from wasmtime, visitor #1" \
   -S config -S config-var=greeting="hi from wasmtime" -S keyvalue
 check target/wasm32-wasip2/release/p3_hello.wasm "/?name=wasmtime" GET "Hello, wasmtime, from WASI 0.3!" -Sp3
+scripts/python-example.sh --p3 target/python-p3.wasm
+check target/python-p3.wasm /greet POST "Hello from Python on WASI 0.3! path=/greet body=19" -Sp3

@@ -88,6 +88,15 @@ fn python() {
 }
 
 #[test]
+fn python_on_wasi_0_3() {
+    serves(
+        "python-p3.wasm",
+        "Hello from Python on WASI 0.3! path=/hello?x=1 body=0",
+        "Hello from Python on WASI 0.3! path=/greet body=29",
+    );
+}
+
+#[test]
 fn javascript() {
     serves(
         "javascript.wasm",
