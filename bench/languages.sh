@@ -14,6 +14,8 @@
 #
 #   bench/languages.sh                  # DURATION=5
 #   ONLY="javascript python" bench/languages.sh
+#   WCLUSTER=/path/to/other/wcluster bench/languages.sh   # another build
+#       (e.g. one linked against a patched wasmtime) in the wcluster rows
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
@@ -25,6 +27,7 @@ if [ "$("$tools/bin/wasmtime" --version 2>/dev/null | awk '{print $2}')" != "$WA
   cargo install -q --locked wasmtime-cli --version "$WASMTIME_VERSION" --root "$tools"
 fi
 cargo build --release -q -p wcluster
+wcluster=${WCLUSTER:-target/release/wcluster}
 scripts/build-examples.sh target/examples
 work=target/bench-languages
 rm -rf "$work" && mkdir -p "$work" bench/results
@@ -43,7 +46,7 @@ start() {
     wcluster | wcluster-reuse)
       local reuse=()
       [ "$1" = wcluster-reuse ] && reuse=(--reuse-instances 1000)
-      taskset -c 1 target/release/wcluster serve "$2" --addr "127.0.0.1:$port" --workers 1 --no-watch \
+      taskset -c 1 "$wcluster" serve "$2" --addr "127.0.0.1:$port" --workers 1 --no-watch \
         --cache-dir "$work/cache" --control "$work/c.sock" "${reuse[@]}" >"$work/out" 2>"$work/err" &
       pid=$!
       until grep -q '^wcluster: listening' "$work/out"; do
