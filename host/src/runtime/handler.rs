@@ -164,24 +164,25 @@ impl Handler {
                     move || GuestState::new((ctx.build(), logs), &self.caps, self.config.clone());
                 component::handle(pre, None, make, req, body_limit, deadline, on_done).await
             }
-            Guest::Service(_, ServiceReuse::Concurrent(reuse)) => {
-                let resp = reuse.handle(req, body_limit, deadline, on_done).await?;
-                Ok(prefetch::prefetch(resp).await)
-            }
-            Guest::Service(pre, ServiceReuse::Sequential(pool)) => {
-                let reuse = Some((pool, request_id.clone()));
-                let resp =
-                    component_p3::handle(pre, reuse, make, req, body_limit, deadline, on_done)
-                        .await?;
-                Ok(prefetch::prefetch(resp).await)
-            }
-            Guest::Service(pre, ServiceReuse::Fresh) => {
-                let (mut ctx, logs) = wasi()?;
-                let make =
-                    move || GuestState::new((ctx.build(), logs), &self.caps, self.config.clone());
-                let resp =
-                    component_p3::handle(pre, None, make, req, body_limit, deadline, on_done)
-                        .await?;
+            Guest::Service(pre, reuse) => {
+                let resp = match reuse {
+                    ServiceReuse::Concurrent(reuse) => {
+                        reuse.handle(req, body_limit, deadline, on_done).await?
+                    }
+                    ServiceReuse::Sequential(pool) => {
+                        let reuse = Some((pool, request_id.clone()));
+                        component_p3::handle(pre, reuse, make, req, body_limit, deadline, on_done)
+                            .await?
+                    }
+                    ServiceReuse::Fresh => {
+                        let (mut ctx, logs) = wasi()?;
+                        let make = move || {
+                            GuestState::new((ctx.build(), logs), &self.caps, self.config.clone())
+                        };
+                        component_p3::handle(pre, None, make, req, body_limit, deadline, on_done)
+                            .await?
+                    }
+                };
                 Ok(prefetch::prefetch(resp).await)
             }
             Guest::Cgi(pre) => {
