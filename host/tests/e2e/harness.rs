@@ -560,6 +560,39 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// An HTTP client that opens a new connection for every request.
+/// POSTs `data` to `path` with a full-duplex client (hyper's), which reads
+/// the response while it still sends: a streaming echo answers while the body
+/// is arriving, so a client that sends everything before reading deadlocks
+/// once the body outgrows the sockets' buffers. Status, headers, body back.
+pub fn post_full_duplex(
+    addr: SocketAddr,
+    path: &str,
+    data: Vec<u8>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::post(path)
+            .header("host", addr.to_string())
+            .header("content-type", "application/octet-stream")
+            .body(Full::new(bytes::Bytes::from(data)))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let back = body.collect().await.unwrap().to_bytes().to_vec();
+        (parts.status.as_u16(), parts.headers, back)
+    })
+}
+
 pub fn fresh_client() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .max_idle_connections(0)

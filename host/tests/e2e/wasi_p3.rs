@@ -55,12 +55,8 @@ fn p3_handlers_get_the_same_limits_and_stream_both_ways() {
 
     // 10 MiB through the guest and back, byte for byte.
     let body: Vec<u8> = (0..10 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let resp = fresh_client()
-        .post(&server.url("/echo"))
-        .send_bytes(&body)
-        .unwrap_or_else(|e| panic!("10 MiB echo: {e}"));
-    let mut echoed = Vec::new();
-    resp.into_reader().read_to_end(&mut echoed).unwrap();
+    let (status, _, echoed) = post_full_duplex(server.addr, "/echo", body.clone());
+    assert_eq!(status, 200);
     assert!(echoed == body, "echo differs: {} bytes back", echoed.len());
 
     // Failures: each answered within the deadline + 1 s, then served again.
