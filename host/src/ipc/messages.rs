@@ -16,7 +16,8 @@ use crate::config::worker::WorkerInit;
 pub enum ToWorker {
     /// Everything the worker needs to load the handler; always the first message.
     Init(Box<WorkerInit>),
-    /// A client connection; its fd rides along. Acknowledge with `Accepted`.
+    /// A client connection; its fd rides along. Acknowledge with `Accepted`
+    /// (connections that arrive together in one).
     Conn { id: u64 },
     /// Load this artifact, smoke-check it and swap it in; answer `Loaded`
     /// or `LoadFailed`. Requests in flight finish on the old version.
@@ -36,8 +37,11 @@ pub enum ToWorker {
 pub enum ToPrimary {
     /// The handler is loaded and pre-instantiated; send connections.
     Ready { version: String },
-    /// The worker owns connection `id` now; the primary may close its copy.
-    Accepted { id: u64 },
+    /// The worker owns these connections now; the primary may close its
+    /// copies. One message for all that arrived together: each message wakes
+    /// the primary, and on a busy machine that wake-up costs more than the
+    /// hand-off itself.
+    Accepted { ids: Vec<u64> },
     /// Loading failed; the worker exits after sending this.
     Failed { error: String },
     /// `version` passed its smoke check and serves new requests now.

@@ -84,6 +84,9 @@ fn send_raw(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result<()>
 /// One end of a channel, driven by tokio.
 pub struct Channel {
     fd: AsyncFd<OwnedFd>,
+    /// Where messages are received: allocated once, because zeroing
+    /// MAX_MESSAGE bytes per message was a measurable share of a hand-off.
+    buf: std::sync::Mutex<Box<[u8]>>,
 }
 
 impl Channel {
@@ -93,7 +96,10 @@ impl Channel {
         // SAFETY: an OwnedFd is open and keeps its one fd number for as long
         // as it lives, and the AsyncFd owns it for its whole life.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            buf: std::sync::Mutex::new(vec![0u8; MAX_MESSAGE].into_boxed_slice()),
+        })
     }
 
     /// Sends one message without waiting: `WouldBlock` when the peer's
@@ -119,40 +125,51 @@ impl Channel {
     /// Receives one message and the fd that came with it, or `None` once the
     /// other end is gone.
     pub async fn recv<M: DeserializeOwned>(&self) -> io::Result<Option<(M, Option<OwnedFd>)>> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        let (len, fd) = self
-            .fd
-            .async_io(Interest::READABLE, |sock| {
-                let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-                let mut iov = [IoSliceMut::new(&mut buf)];
-                // MSG_CMSG_CLOEXEC: a received connection must never leak into
-                // a child process (the compile child, a replacement worker).
-                let msg = recvmsg::<()>(
-                    sock.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut cmsg),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                )
-                .map_err(io::Error::from)?;
-                let mut fd = None;
-                for c in msg.cmsgs().map_err(io::Error::from)? {
-                    if let ControlMessageOwned::ScmRights(fds) = c {
-                        for raw in fds {
-                            // SAFETY: the kernel just installed this fd in our
-                            // table for us; nobody else has its number.
-                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                            // Only one fd per message is expected; extra ones
-                            // are closed by dropping them.
-                            fd.get_or_insert(owned);
-                        }
-                    }
+        self.fd
+            .async_io(Interest::READABLE, |sock| self.recv_now(sock.as_fd()))
+            .await
+    }
+
+    /// `recv` without waiting: `WouldBlock` when no message is queued.
+    pub fn try_recv<M: DeserializeOwned>(&self) -> io::Result<Option<(M, Option<OwnedFd>)>> {
+        self.fd
+            .try_io(Interest::READABLE, |sock| self.recv_now(sock.as_fd()))
+    }
+
+    fn recv_now<M: DeserializeOwned>(
+        &self,
+        sock: BorrowedFd<'_>,
+    ) -> io::Result<Option<(M, Option<OwnedFd>)>> {
+        // Held only inside this call, never across an await.
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        // MSG_CMSG_CLOEXEC: a received connection must never leak into a
+        // child process (the compile child, a replacement worker).
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let mut fd = None;
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for raw in fds {
+                    // SAFETY: the kernel just installed this fd in our table
+                    // for us; nobody else has its number.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    // Only one fd per message is expected; extra ones are
+                    // closed by dropping them.
+                    fd.get_or_insert(owned);
                 }
-                if msg.flags.contains(MsgFlags::MSG_TRUNC) {
-                    return Err(io::Error::other("channel message larger than the limit"));
-                }
-                Ok((msg.bytes, fd))
-            })
-            .await?;
+            }
+        }
+        if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+            return Err(io::Error::other("channel message larger than the limit"));
+        }
+        let len = msg.bytes;
         if len == 0 && fd.is_none() {
             return Ok(None);
         }
@@ -183,6 +200,23 @@ mod tests {
         let mut buf = [0u8; 4];
         got.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"ping");
+    }
+
+    #[tokio::test]
+    async fn try_recv_takes_what_is_queued_and_never_waits() {
+        let (a, b) = pair().unwrap();
+        let (a, b) = (Channel::new(a).unwrap(), Channel::new(b).unwrap());
+        let empty = b.try_recv::<ToWorker>().unwrap_err();
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+        for id in 1..=2 {
+            a.send(&ToWorker::Conn { id }, None).await.unwrap();
+        }
+        let first = b.recv::<ToWorker>().await.unwrap().unwrap().0;
+        assert!(matches!(first, ToWorker::Conn { id: 1 }));
+        let second = b.try_recv::<ToWorker>().unwrap().unwrap().0;
+        assert!(matches!(second, ToWorker::Conn { id: 2 }));
+        let drained = b.try_recv::<ToWorker>().unwrap_err();
+        assert_eq!(drained.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[tokio::test]

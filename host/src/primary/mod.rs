@@ -34,7 +34,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use control::client as control_client;
@@ -148,7 +147,7 @@ struct Shell {
     config: Arc<Config>,
     addr: std::net::SocketAddr,
     control_path: std::path::PathBuf,
-    listener: Option<TcpListener>,
+    listener: Option<listener::Listener>,
     /// Connections accepted and not yet acknowledged by a worker.
     conns: HashMap<ConnId, TcpStream>,
     next_conn: ConnId,
@@ -325,9 +324,9 @@ impl Shell {
 }
 
 /// The next connection, while `accepting`; otherwise never.
-async fn accept(listener: Option<&TcpListener>, accepting: bool) -> io::Result<TcpStream> {
+async fn accept(listener: Option<&listener::Listener>, accepting: bool) -> io::Result<TcpStream> {
     match listener {
-        Some(l) if accepting => l.accept().await?.0.into_std(),
+        Some(l) if accepting => l.accept().await,
         _ => std::future::pending().await,
     }
 }

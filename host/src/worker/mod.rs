@@ -136,11 +136,25 @@ async fn run(fd: OwnedFd) -> Result<()> {
     .await?;
     spawn_stats(ctx.clone(), chan.clone(), connections.clone());
 
+    // Connections received back to back are acknowledged in one message,
+    // sent before any of them is first polled (as one ack each was) and
+    // before any other message is handled.
+    let mut received = Vec::new();
     loop {
-        match chan.recv::<ToWorker>().await {
+        let next = match chan.try_recv::<ToWorker>() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                acknowledge(&chan, &mut received).await?;
+                chan.recv::<ToWorker>().await
+            }
+            other => other,
+        };
+        if !matches!(next, Ok(Some((ToWorker::Conn { .. }, Some(_))))) {
+            acknowledge(&chan, &mut received).await?;
+        }
+        match next {
             Ok(Some((ToWorker::Conn { id }, Some(fd)))) => {
                 connection::serve(&ctx, fd, &graceful, &connections, tls.as_ref());
-                chan.send(&ToPrimary::Accepted { id }, None).await?;
+                received.push(id);
             }
             Ok(Some((
                 ToWorker::Load {
@@ -177,6 +191,15 @@ async fn run(fd: OwnedFd) -> Result<()> {
     // The last counts, so the primary's totals include this worker's end.
     chan.send(&ctx.stats(0), None).await.ok();
     Ok(())
+}
+
+/// Tells the primary it may close its copies of the `received` connections.
+async fn acknowledge(chan: &Channel, received: &mut Vec<u64>) -> std::io::Result<()> {
+    if received.is_empty() {
+        return Ok(());
+    }
+    let ids = std::mem::take(received);
+    chan.send(&ToPrimary::Accepted { ids }, None).await
 }
 
 /// The gentle part of a drain: responses say `Connection: close` from now

@@ -366,7 +366,11 @@ impl Core {
         // It is reading its channel again.
         slot.full = false;
         match msg {
-            ToPrimary::Accepted { id } => self.conn_accepted(worker, id),
+            ToPrimary::Accepted { ids } => {
+                for id in ids {
+                    self.conn_accepted(worker, id)
+                }
+            }
             ToPrimary::Ready { version } => self.worker_ready(now, worker, version),
             ToPrimary::Failed { error } => {
                 tracing::error!(

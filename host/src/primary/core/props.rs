@@ -186,7 +186,10 @@ impl World {
                 self.input(Input::FromWorker(w, msg));
             }
             Owed::Conn(w, conn) if alive(&w, self) => {
-                self.input(Input::FromWorker(w, ToPrimary::Accepted { id: conn }));
+                self.input(Input::FromWorker(
+                    w,
+                    ToPrimary::Accepted { ids: vec![conn] },
+                ));
             }
             Owed::Drain(w) if alive(&w, self) => {
                 self.kill(w);

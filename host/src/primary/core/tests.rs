@@ -205,16 +205,44 @@ fn connections_go_round_robin_and_are_held_until_acknowledged() {
     assert_eq!(targets, [0, 1, 0, 1]);
     let fx = sim.input(Input::FromWorker(
         sim.worker(0),
-        ToPrimary::Accepted { id: 1 },
+        ToPrimary::Accepted { ids: vec![1] },
     ));
     assert_eq!(fx, [Effect::CloseConn(1)]);
     // A worker cannot acknowledge another's connection.
     let fx = sim.input(Input::FromWorker(
         sim.worker(0),
-        ToPrimary::Accepted { id: 2 },
+        ToPrimary::Accepted { ids: vec![2] },
     ));
     assert!(fx.is_empty());
     assert_eq!(sim.core.in_transit.len(), 3);
+}
+
+#[test]
+fn one_acknowledgement_may_name_several_connections() {
+    let mut sim = Sim::running(2);
+    for conn in 1..=5 {
+        sim.input(Input::Accepted(conn)); // 1, 3, 5 to worker 0
+    }
+    // Worker 0 names its three and one of worker 1's: only its own close.
+    let fx = sim.input(Input::FromWorker(
+        sim.worker(0),
+        ToPrimary::Accepted {
+            ids: vec![1, 2, 3, 5],
+        },
+    ));
+    assert_eq!(
+        fx,
+        [
+            Effect::CloseConn(1),
+            Effect::CloseConn(3),
+            Effect::CloseConn(5)
+        ]
+    );
+    assert_eq!(sim.core.in_transit.len(), 2);
+    // The one it did not name would go elsewhere if it died now.
+    let w0 = sim.worker(0);
+    let fx = sim.gone(w0, Gone::ChannelClosed);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::SendConn { .. })));
 }
 
 #[test]
