@@ -43,6 +43,10 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// and HTTP/2 ones get GOAWAY.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
+/// Connections one acknowledgement names at most, so that a long burst is
+/// still acknowledged as it goes and the message stays small.
+const MAX_ACK_BATCH: usize = 64;
+
 pub fn main(args: WorkerArgs) -> Result<()> {
     // Die with the primary, and catch the race where it died before this line.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context("cannot set PDEATHSIG")?;
@@ -155,6 +159,9 @@ async fn run(fd: OwnedFd) -> Result<()> {
             Ok(Some((ToWorker::Conn { id }, Some(fd)))) => {
                 connection::serve(&ctx, fd, &graceful, &connections, tls.as_ref());
                 received.push(id);
+                if received.len() >= MAX_ACK_BATCH {
+                    acknowledge(&chan, &mut received).await?;
+                }
             }
             Ok(Some((
                 ToWorker::Load {

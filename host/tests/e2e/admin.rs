@@ -208,3 +208,47 @@ impl WithStdin for std::process::Command {
         (out.status.success() && text.trim().is_empty(), text)
     }
 }
+
+#[test]
+fn a_burst_of_new_connections_is_acknowledged_in_full() {
+    // More connections at once than one acknowledgement names (64), so the
+    // worker acknowledges them in several messages, some of many.
+    const CLIENTS: usize = 150;
+    let mut server = Server::start(
+        &guests().testkit,
+        &["--workers", "1", "--admin", "127.0.0.1:0"],
+    );
+    let metrics = admin_url(&mut server, "/metrics");
+    let start = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (url, start) = (server.url("/hello"), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                get(&fresh_client(), &url).map(|(code, _)| code)
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), Ok(200));
+    }
+    // Every connection was acknowledged: the primary holds none of them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = get(&fresh_client(), &metrics).unwrap().1;
+        let handed_off = sample(&text, "wcluster_connections_handed_off_total");
+        let held = sample(&text, "wcluster_handoff_queue_length");
+        if handed_off == CLIENTS as f64 && held == 0.0 {
+            assert_eq!(
+                sample(&text, "wcluster_connections_accepted_total"),
+                CLIENTS as f64
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{handed_off} of {CLIENTS} connections acknowledged, {held} still held"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
