@@ -38,9 +38,8 @@ pub enum ToPrimary {
     /// The handler is loaded and pre-instantiated; send connections.
     Ready { version: String },
     /// The worker owns these connections now; the primary may close its
-    /// copies. One message for all that arrived together: each message wakes
-    /// the primary, and on a busy machine that wake-up costs more than the
-    /// hand-off itself.
+    /// copies. One message for all that arrived together (at most 64), since
+    /// each message wakes the primary.
     Accepted { ids: Vec<u64> },
     /// Loading failed; the worker exits after sending this.
     Failed { error: String },

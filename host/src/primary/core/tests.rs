@@ -239,7 +239,7 @@ fn one_acknowledgement_may_name_several_connections() {
         ]
     );
     assert_eq!(sim.core.in_transit.len(), 2);
-    // The one it did not name would go elsewhere if it died now.
+    // Worker 0 holds nothing unacknowledged now: losing it re-sends nothing.
     let w0 = sim.worker(0);
     let fx = sim.gone(w0, Gone::ChannelClosed);
     assert!(!fx.iter().any(|e| matches!(e, Effect::SendConn { .. })));
