@@ -5,7 +5,7 @@
 #   wcluster          fresh instance per request (the default)
 #   wcluster-reuse    --reuse-instances 1000, where the handler allows it
 #                     (one that cannot serve twice is refused: "refused")
-#   wasmtime-serve    `wasmtime serve -S cli` 48.0.8 on the same file
+#   wasmtime-serve    `wasmtime serve -S cli` 50.0.1 on the same file
 #                     (components only: it runs no CGI modules); for WASI
 #                     0.3 ones (python-p3) `-Sp3 -Scli`, which reuses
 #                     instances by default
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
-WASMTIME_VERSION=48.0.8
+WASMTIME_VERSION=50.0.1
 tools=target/tools
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 if [ "$("$tools/bin/wasmtime" --version 2>/dev/null | awk '{print $2}')" != "$WASMTIME_VERSION" ]; then

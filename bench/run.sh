@@ -45,7 +45,7 @@ CONNS=${CONNS:-32}
 OVERLOAD_CONNS=${OVERLOAD_CONNS:-1000}
 SERVER_CPU=${SERVER_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
-WASMTIME_VERSION=48.0.8
+WASMTIME_VERSION=50.0.1
 tools=target/tools
 work=target/bench-run
 mkdir -p "$work" bench/results

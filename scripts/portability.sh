@@ -11,7 +11,7 @@
 # (cached under target/tools; the first install takes a while).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version=48.0.8
+version=50.0.1
 tools=target/tools
 if [ "$("$tools/bin/wasmtime" --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
   cargo install -q --locked wasmtime-cli --version "$version" --root "$tools"

@@ -3,10 +3,21 @@
 # Idempotent; the other scripts call it.
 set -euo pipefail
 
+# The Rust that rust-toolchain.toml pins (wasmtime needs a newer one than
+# a stock machine may have), with its components and targets. rustup does
+# not install it on first use where RUSTUP_AUTO_INSTALL=0, so every cargo
+# call in this project would fail before this.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+channel=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$root/rust-toolchain.toml")
+if ! rustup toolchain list | grep -q "^$channel-"; then
+  echo "setup: installing Rust $channel (rust-toolchain.toml)" >&2
+  rustup toolchain install "$channel" --profile minimal --component clippy,rustfmt \
+    --target wasm32-wasip1,wasm32-wasip2,x86_64-unknown-linux-musl
+fi
 for target in wasm32-wasip2 wasm32-wasip1; do
-  if ! rustup target list --installed | grep -qx "$target"; then
+  if ! rustup +"$channel" target list --installed | grep -qx "$target"; then
     echo "setup: adding rustup target $target" >&2
-    rustup target add "$target"
+    rustup +"$channel" target add "$target"
   fi
 done
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::Reuse;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "wcluster",
@@ -108,15 +110,21 @@ pub struct ServeArgs {
     #[arg(long)]
     pub control: Option<PathBuf>,
 
-    /// Let one component instance serve up to N requests (0: a fresh
-    /// instance per request). Faster, but requests can see state earlier
-    /// ones left in the instance: only for handlers that are safe to reuse.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub reuse_instances: u32,
+    /// How many requests one component instance serves before it is
+    /// dropped: N, or MIN-MAX to draw a number at random in that range for
+    /// every instance, so that no guest can count on its lifetime. Without
+    /// this flag WASI 0.3 instances are reused (64-128), as `wasmtime
+    /// serve -Sp3` and Spin do, and WASI 0.2 instances serve one request
+    /// each. 0: a fresh instance per request for every handler (strict
+    /// isolation, slower). Reuse means a request can see state that earlier
+    /// ones left in the instance: every version must serve two requests in
+    /// one instance before it goes live.
+    #[arg(long, value_name = "N|MIN-MAX", value_parser = Reuse::parse)]
+    pub reuse_instances: Option<Reuse>,
 
-    /// With --reuse-instances, how many requests one WASI 0.3 instance may
-    /// serve at once. 1 (like 0.2 instances) is fastest for handlers that
-    /// compute; more saves instances when handlers mostly wait.
+    /// How many requests one reused WASI 0.3 instance may serve at once. 1
+    /// is fastest for handlers that compute; more saves instances (memory)
+    /// when handlers mostly wait.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub max_instance_concurrency: u32,
 

@@ -3,6 +3,7 @@
 
 mod cli;
 mod config;
+mod files;
 mod ipc;
 mod logging;
 mod primary;
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
         }
         // The compile child reports errors on stderr, as plain text, for
         // the primary to quote.
-        Command::Compile(args) => runtime::compile::compile_main(args),
+        Command::Compile(args) => runtime::artifact::compile::compile_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@ pub mod worker;
 
 pub use worker::{
     ConfigGrant, DirGrant, EngineSettings, Grants, KeyValueBackend, KeyValueGrant, OutboundGrant,
-    RequestLimits, SmokeCheck, WorkerInit,
+    RequestLimits, Reuse, SmokeCheck, Version, WorkerInit,
 };
 
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ pub struct Config {
     pub control: Option<PathBuf>,
     pub watch: bool,
     pub liveness_timeout: Duration,
-    pub reuse_instances: u32,
+    pub reuse_instances: Reuse,
     pub max_instance_concurrency: u32,
     /// --tls-cert and --tls-key (absolute), checked: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -153,14 +153,12 @@ impl Config {
                     .caps
                     .config
                     .iter()
-                    .map(|c| crate::runtime::config_store::parse_flag(c))
+                    .map(|c| parse_config_flag(c))
                     .collect::<Result<_>>()?,
                 file: args.caps.config_file.clone(),
             },
             keyvalue: keyvalue_grant(&args.caps, &cache_dir)?,
         };
-        // Read now, so a bad file stops start-up with its name and line.
-        crate::runtime::config_store::values(&grants.config)?;
         Ok(Self {
             handler,
             addr: args.addr,
@@ -201,7 +199,7 @@ impl Config {
             control: args.control,
             watch: !args.no_watch && !builtin,
             liveness_timeout: args.liveness_timeout,
-            reuse_instances: args.reuse_instances,
+            reuse_instances: args.reuse_instances.unwrap_or(Reuse::Default),
             max_instance_concurrency: args.max_instance_concurrency,
             tls,
         })
@@ -212,10 +210,30 @@ impl Config {
 const BUILTIN_HANDLER: &str = include_str!("../../../examples/wat/hello.wat");
 
 fn write_builtin_handler(cache_dir: &Path) -> Result<PathBuf> {
-    crate::runtime::cache::private_dir(cache_dir, "cache directory", "--cache-dir")?;
+    crate::files::private_dir(cache_dir, "cache directory", "--cache-dir")?;
     let path = cache_dir.join("builtin-hello.wat");
-    crate::runtime::cache::write_private(&path, BUILTIN_HANDLER.as_bytes())?;
+    crate::files::write_private(&path, BUILTIN_HANDLER.as_bytes())?;
     Ok(path)
+}
+
+/// A `--config KEY=VALUE` flag.
+fn parse_config_flag(spec: &str) -> Result<(String, String)> {
+    let Some((key, value)) = spec.split_once('=') else {
+        bail!("--config `{spec}`: expected KEY=VALUE");
+    };
+    check_config_key(key).with_context(|| format!("--config `{spec}`"))?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// A wasi:config key, from a flag or the file (runtime/capabilities/config_store.rs).
+pub fn check_config_key(key: &str) -> Result<()> {
+    ensure!(!key.is_empty(), "the key is empty");
+    ensure!(
+        key.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')),
+        "key `{key}` may hold only letters, digits, `_`, `-` and `.`"
+    );
+    Ok(())
 }
 
 /// $XDG_CACHE_HOME/wcluster or ~/.cache/wcluster. Never a shared directory
@@ -274,8 +292,6 @@ fn outbound_grant(caps: &CapabilityArgs) -> Result<OutboundGrant> {
         between_bytes_timeout: caps.outbound_between_bytes_timeout,
         max_in_flight: caps.max_outbound,
     };
-    // Parses the patterns and reads the CA file: errors now, not per request.
-    crate::runtime::outbound::Outbound::new(&grant)?;
     Ok(grant)
 }
 
@@ -291,9 +307,8 @@ fn keyvalue_grant(caps: &CapabilityArgs, cache_dir: &Path) -> Result<KeyValueGra
             }
         };
         // Other users must not read or forge the handlers' state.
-        crate::runtime::cache::private_dir(&dir, "state directory", "--state-dir")?;
+        crate::files::private_dir(&dir, "state directory", "--state-dir")?;
         let file = dir.canonicalize()?.join("keyvalue.sqlite3");
-        crate::runtime::keyvalue::sqlite::Sqlite::prepare(&file)?;
         KeyValueBackend::Sqlite(file)
     } else if caps.keyvalue.starts_with("redis://") || caps.keyvalue.starts_with("rediss://") {
         redis::Client::open(caps.keyvalue.as_str())

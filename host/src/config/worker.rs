@@ -119,28 +119,78 @@ pub struct DirGrant {
     pub guest: String,
 }
 
+/// One compiled version of the handler, as it travels from the primary to
+/// a worker and into the worker's handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// The compiled artifact in the cache directory.
+    pub artifact: PathBuf,
+    /// Short content hash of the handler file: what logs and metrics show.
+    pub id: String,
+    /// SHA-256 of the artifact, checked before it is loaded.
+    pub digest: String,
+}
+
 /// The first message a worker receives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInit {
     pub index: usize,
-    pub artifact: PathBuf,
-    pub version: String,
-    /// SHA-256 of the artifact, checked before it is loaded.
-    pub digest: String,
+    pub version: Version,
     pub engine: EngineSettings,
     pub limits: RequestLimits,
     pub grants: Grants,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     pub smoke: SmokeCheck,
-    /// 0: a fresh instance per request; N: an instance serves up to N.
-    pub reuse_instances: u32,
+    pub reuse_instances: Reuse,
     /// With reuse: requests one WASI 0.3 instance serves at once.
     pub max_instance_concurrency: u32,
     /// HTTPS: the PEM files (certificate chain, private key) of --tls-cert
     /// and --tls-key, which the primary has checked; the worker loads them
     /// and follows their changes (worker/tls.rs). None: plain HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// `--reuse-instances`: how many requests one component instance serves
+/// before it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reuse {
+    /// Not given: WASI 0.3 instances are reused (`DEFAULT_LIFETIME`), WASI
+    /// 0.2 ones serve one request each, as in each ABI's ecosystem.
+    Default,
+    /// `0`: a fresh instance for every request, whatever the ABI.
+    Never,
+    /// `N` or `MIN-MAX`: every instance serves a number of requests drawn
+    /// at random in this range, so no guest can count on its lifetime.
+    Lifetime { min: u32, max: u32 },
+}
+
+impl Reuse {
+    /// What a WASI 0.3 instance serves by default: `wasmtime serve -Sp3`
+    /// reuses one for up to 128 requests.
+    pub const DEFAULT_LIFETIME: (u32, u32) = (64, 128);
+
+    /// `0`, `N` or `MIN-MAX`, as `--reuse-instances` takes it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let number = |n: &str| {
+            n.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{n}` is not a number of requests"))
+        };
+        let (min, max) = match s.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None => {
+                let n = number(s)?;
+                (n, n)
+            }
+        };
+        match (min, max) {
+            (0, 0) => Ok(Reuse::Never),
+            (0, _) => Err(format!("`{s}`: an instance serves at least one request")),
+            (min, max) if min > max => Err(format!("`{s}`: the range is empty ({min} > {max})")),
+            (min, max) => Ok(Reuse::Lifetime { min, max }),
+        }
+    }
 }
 
 /// The request every new version must answer before it goes live.

@@ -4,12 +4,11 @@
 //! the bytes, fuzzed by fuzz/fuzz_targets/ipc_decode.rs.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::worker::WorkerInit;
+use crate::config::worker::{Version, WorkerInit};
 
 /// Messages the primary sends to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,11 +20,7 @@ pub enum ToWorker {
     Conn { id: u64 },
     /// Load this artifact, smoke-check it and swap it in; answer `Loaded`
     /// or `LoadFailed`. Requests in flight finish on the old version.
-    Load {
-        artifact: PathBuf,
-        version: String,
-        digest: String,
-    },
+    Load(Version),
     /// Stop taking connections, finish what is in flight, exit.
     Drain,
     /// Answer with `Stats` now (for `wcluster status`).

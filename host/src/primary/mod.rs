@@ -61,6 +61,7 @@ pub fn main(config: Config) -> Result<()> {
 }
 
 async fn run(config: Config) -> Result<()> {
+    crate::runtime::capabilities::check(&config.grants)?;
     let config = Arc::new(config);
     let first = artifact::prepare(
         &config.handler,
@@ -100,9 +101,7 @@ async fn run(config: Config) -> Result<()> {
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let init = WorkerInit {
         index: 0,
-        artifact: first.path.clone(),
-        version: first.version.clone(),
-        digest: first.digest.clone(),
+        version: first.version(),
         engine: config.engine.clone(),
         limits: config.limits.clone(),
         grants: config.grants.clone(),

@@ -86,9 +86,7 @@ impl Processes {
 
         let mut init = self.init.clone();
         init.index = worker.index;
-        init.artifact = artifact.path.clone();
-        init.version = artifact.version.clone();
-        init.digest = artifact.digest.clone();
+        init.version = artifact.version();
         outbox.send(ToWorker::Init(Box::new(init))).ok();
 
         let (c, tx) = (chan.clone(), self.inputs.clone());

@@ -1,20 +1,11 @@
-//! Everything that touches wasmtime: the engine configuration (one function
-//! for the compile child and the workers), artifacts, and the handler ABIs.
+//! Everything that touches wasmtime, in three parts:
+//! - `artifact/`: a handler file becomes a compiled, cached artifact (the
+//!   engines' one configuration, the cache, the compile child);
+//! - `guest/`: a loaded version runs requests (the three ABIs, the one call
+//!   skeleton they share, instance reuse, the guests' output);
+//! - `capabilities/`: what a guest may reach beyond its request (outbound
+//!   HTTP, key-value, configuration values).
 
 pub mod artifact;
-pub mod cache;
 pub mod capabilities;
-pub mod cgi;
-pub mod cgi_head;
-pub mod compile;
-pub mod component;
-pub mod component_p3;
-pub mod config_store;
-pub mod engine;
 pub mod guest;
-pub mod guest_io;
-pub mod handler;
-pub mod instance_pool;
-pub mod keyvalue;
-pub mod outbound;
-pub mod prefetch;

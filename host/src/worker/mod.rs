@@ -28,9 +28,9 @@ use nix::sys::signal::Signal;
 
 use crate::cli::WorkerArgs;
 use crate::ipc::{self, Channel, ToPrimary, ToWorker};
+use crate::runtime::artifact::engine::{Allocation, Engines};
 use crate::runtime::capabilities::Capabilities;
-use crate::runtime::engine;
-use crate::runtime::handler::{Handler, InstanceReuse};
+use crate::runtime::guest::{Handler, InstancePolicy, Strategy};
 use deploy::Deployer;
 use service::WorkerCtx;
 
@@ -67,13 +67,13 @@ async fn run(fd: OwnedFd) -> Result<()> {
         Some((other, _)) => bail!("expected Init from the primary, got {other:?}"),
         None => bail!("the primary closed the channel before Init"),
     };
-    let engine = engine::build(&init.engine, engine::Allocation::Pooling)?;
+    let engines = Arc::new(Engines::new(init.engine.clone(), Allocation::Pooling));
     let deployer = Arc::new(Deployer {
-        engine: engine.clone(),
+        engines: engines.clone(),
         caps: Arc::new(Capabilities::new(init.grants.clone())?),
         smoke: init.smoke.clone(),
-        reuse: InstanceReuse {
-            max_uses: init.reuse_instances,
+        policy: InstancePolicy {
+            reuse: init.reuse_instances,
             concurrency: init.max_instance_concurrency,
             request_timeout: init.limits.timeout,
         },
@@ -81,12 +81,10 @@ async fn run(fd: OwnedFd) -> Result<()> {
     // The first version was checked by the compile child; it only needs
     // loading (the primary smoke-checks versions that arrive later).
     let first = Handler::load(
-        &engine,
-        &init.artifact,
+        &engines,
+        &init.version,
         deployer.caps.clone(),
-        deployer.reuse,
-        init.version.clone(),
-        &init.digest,
+        deployer.policy,
     );
     let handler = match first {
         Ok(h) => h,
@@ -112,13 +110,13 @@ async fn run(fd: OwnedFd) -> Result<()> {
         .spawn(move || {
             loop {
                 std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
+                engines.increment_epoch();
             }
         })?;
     // With reuse, the first version too must show it can serve a second
     // request in one instance before it takes traffic (the epoch ticks by
     // now, so a guest that loops cannot hang this).
-    if deployer.reuse.max_uses > 0
+    if handler.strategy() != Strategy::Fresh
         && let Err(e) = handler
             .smoke_check(&deployer.smoke.path, deployer.smoke.timeout)
             .await
@@ -133,7 +131,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
     let graceful = GracefulShutdown::new();
     chan.send(
         &ToPrimary::Ready {
-            version: init.version.clone(),
+            version: init.version.id.clone(),
         },
         None,
     )
@@ -163,15 +161,8 @@ async fn run(fd: OwnedFd) -> Result<()> {
                     acknowledge(&chan, &mut received).await?;
                 }
             }
-            Ok(Some((
-                ToWorker::Load {
-                    artifact,
-                    version,
-                    digest,
-                },
-                _,
-            ))) => {
-                deployer.spawn_load(ctx.clone(), chan.clone(), artifact, version, digest);
+            Ok(Some((ToWorker::Load(version), _))) => {
+                deployer.spawn_load(ctx.clone(), chan.clone(), version);
             }
             Ok(Some((ToWorker::Report, _))) => {
                 chan.send(&ctx.stats(connections.open()), None).await?;

@@ -17,8 +17,7 @@ use super::admission::{Refused, Requests};
 use super::metrics::Counters;
 use crate::config::RequestLimits;
 use crate::ipc::ToPrimary;
-use crate::runtime::guest::GuestError;
-use crate::runtime::handler::Handler;
+use crate::runtime::guest::{GuestError, Handler};
 
 pub struct WorkerCtx {
     pub index: usize,

@@ -149,7 +149,7 @@ fn javascript_with_reuse_is_refused() {
     ]);
     assert!(!ok);
     assert!(
-        stderr.contains("run it without --reuse-instances"),
+        stderr.contains("run it with --reuse-instances 0"),
         "{stderr}"
     );
 }

@@ -21,6 +21,7 @@ mod reuse;
 mod scale;
 mod serving;
 mod startup;
+mod strategies;
 mod systemd;
 mod tls;
 mod trust;

@@ -58,7 +58,7 @@ fn a_handler_that_cannot_serve_twice_is_refused_with_reuse() {
     assert!(!ok);
     assert!(
         stderr.contains("second request to one instance")
-            && stderr.contains("run it without --reuse-instances"),
+            && stderr.contains("run it with --reuse-instances 0"),
         "{stderr}"
     );
     // Without reuse the same handler serves.

@@ -43,7 +43,7 @@ pub fn default_path(port: u16) -> PathBuf {
 /// created private (and refused if it is not).
 pub fn serve(path: &Path, private_parent: bool, tx: mpsc::UnboundedSender<Request>) -> Result<()> {
     if private_parent && let Some(dir) = path.parent() {
-        crate::runtime::cache::private_dir(dir, "control socket directory", "--control")?;
+        crate::files::private_dir(dir, "control socket directory", "--control")?;
     }
     clear_stale(path)?;
     let listener = UnixListener::bind(path)

@@ -426,11 +426,7 @@ impl Core {
             roll.stalled_until = None;
             roll.attempted.insert(worker);
             roll.awaiting = Some((worker, now + self.settings.load_timeout));
-            let msg = ToWorker::Load {
-                artifact: goal.path.clone(),
-                version: goal.version.clone(),
-                digest: goal.digest.clone(),
-            };
+            let msg = ToWorker::Load(goal.version());
             self.out.push(Effect::Send(worker, msg));
             return;
         }

@@ -137,8 +137,8 @@ impl World {
                     assert!(self.closed.insert(conn), "conn {conn} closed twice");
                     self.held_by.remove(&conn);
                 }
-                Effect::Send(worker, ToWorker::Load { version, .. }) => {
-                    self.owed.push(Owed::Load(worker, version))
+                Effect::Send(worker, ToWorker::Load(version)) => {
+                    self.owed.push(Owed::Load(worker, version.id))
                 }
                 Effect::Send(worker, ToWorker::Drain) => self.owed.push(Owed::Drain(worker)),
                 Effect::Send(worker, ToWorker::Report) => self.owed.push(Owed::Report(worker)),

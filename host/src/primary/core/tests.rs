@@ -134,7 +134,7 @@ fn compile_job(fx: &[Effect]) -> Option<JobId> {
 /// The `Load` sent in these effects: (worker, version).
 fn load(fx: &[Effect]) -> Option<(WorkerId, String)> {
     fx.iter().find_map(|e| match e {
-        Effect::Send(w, ToWorker::Load { version, .. }) => Some((*w, version.clone())),
+        Effect::Send(w, ToWorker::Load(version)) => Some((*w, version.id.clone())),
         _ => None,
     })
 }

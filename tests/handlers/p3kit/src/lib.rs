@@ -146,6 +146,14 @@ impl wasip3::exports::http::handler::Guest for P3Kit {
                 IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
                 text(format!("most at once: {}\n", MOST.load(Ordering::SeqCst)))
             }
+            // Serves the first request of its instance and traps on the
+            // second: a handler that must not be reused.
+            "/trap-second" => {
+                if SERVED.fetch_add(1, Ordering::SeqCst) > 0 {
+                    panic!("p3kit: a second request in one instance");
+                }
+                text("first request in this instance\n".to_string())
+            }
             "/count" => text(format!(
                 "request {} in this instance\n",
                 SERVED.fetch_add(1, Ordering::SeqCst) + 1

@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use wasmtime_wasi_config::WasiConfigVariables;
 
-use crate::config::ConfigGrant;
+use crate::config::{ConfigGrant, check_config_key};
 
 /// The values, in order: file first, then flags (a later key wins).
 pub fn values(grant: &ConfigGrant) -> Result<Vec<(String, String)>> {
@@ -23,25 +23,6 @@ pub fn values(grant: &ConfigGrant) -> Result<Vec<(String, String)>> {
 
 pub fn variables(grant: &ConfigGrant) -> Result<WasiConfigVariables> {
     Ok(values(grant)?.into_iter().collect())
-}
-
-/// A `--config KEY=VALUE` flag.
-pub fn parse_flag(spec: &str) -> Result<(String, String)> {
-    let Some((key, value)) = spec.split_once('=') else {
-        bail!("--config `{spec}`: expected KEY=VALUE");
-    };
-    check_key(key).with_context(|| format!("--config `{spec}`"))?;
-    Ok((key.to_string(), value.to_string()))
-}
-
-fn check_key(key: &str) -> Result<()> {
-    ensure!(!key.is_empty(), "the key is empty");
-    ensure!(
-        key.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')),
-        "key `{key}` may hold only letters, digits, `_`, `-` and `.`"
-    );
-    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<Vec<(String, String)>> {
@@ -63,7 +44,7 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -
         } else {
             format!("{prefix}.{k}")
         };
-        check_key(k)?;
+        check_config_key(k)?;
         let value = match v {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),

@@ -3,6 +3,10 @@
 //! a miss a short-lived `wcluster compile` child (compile.rs) compiles that
 //! copy, and the workers memory-map the result.
 
+pub mod cache;
+pub mod compile;
+pub mod engine;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -10,9 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
 
-use super::cache;
-use super::engine::{self, Allocation};
-use crate::config::{CompileLimits, EngineSettings};
+use crate::config::{CompileLimits, EngineSettings, Version};
 
 /// A compiled handler ready for the workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +27,17 @@ pub struct Artifact {
     /// Whether this call compiled it (false: it came from the cache).
     pub compiled: bool,
     pub compile_time: Duration,
+}
+
+impl Artifact {
+    /// The version as workers load it.
+    pub fn version(&self) -> Version {
+        Version {
+            artifact: self.path.clone(),
+            id: self.version.clone(),
+            digest: self.digest.clone(),
+        }
+    }
 }
 
 /// What kind of file a handler is, read from its first bytes.
@@ -168,7 +181,7 @@ pub async fn prepare(
     limits: &CompileLimits,
 ) -> Result<Artifact> {
     let start = Instant::now();
-    cache::private_dir(cache_dir, "cache directory", "--cache-dir")?;
+    crate::files::private_dir(cache_dir, "cache directory", "--cache-dir")?;
     let staged = {
         let (handler, cache_dir, max) = (
             handler.to_path_buf(),
@@ -181,13 +194,12 @@ pub async fn prepare(
     };
     kind(handler, &staged.head)?;
     let version = staged.hash[..12].to_string();
-    // The primary builds an engine only to learn its compatibility hash;
+    // The primary builds the engines only to learn their compatibility hash;
     // it never compiles or runs guest code itself.
-    let engine = engine::build(settings, Allocation::OnDemand)?;
     let path = cache_dir.join(format!(
         "{}-{}.cwasm",
         staged.hash,
-        engine::compatibility_key(&engine)
+        engine::compatibility_key(settings)?
     ));
     if std::fs::symlink_metadata(&path).is_ok() {
         // Planted (not ours, or writable by others): refuse outright.

@@ -14,15 +14,14 @@ use http::header;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::oneshot;
 use wasmtime::{Engine, ExternType, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use super::call::{self, ConnInfo, GuardedBody, GuestError, RequestBody};
 use super::cgi_head::{head_end, parse_head};
-use super::guest::{ConnInfo, GuestError, RequestBody};
 
 /// The CGI header block may not be larger than this.
 const MAX_HEAD: usize = 64 * 1024;
@@ -148,32 +147,35 @@ where
             wasi: wasi.build_p1(),
         },
     );
-    super::guest::yield_at_every_tick(&mut store);
+    call::yield_at_every_tick(&mut store);
     tokio::spawn(pump_body(body, body_limit, stdin_host));
 
     let deadline = tokio::time::Instant::from_std(deadline);
-    let (exit_tx, exit_rx) = oneshot::channel();
     let pre = pre.clone();
-    let task = tokio::spawn(async move {
+    let guest = async move {
         let run = async {
             let instance = pre.instantiate_async(&mut store).await?;
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         };
-        let result = match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        let result = match run.await {
+            Ok(()) => Ok(()),
+            Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 Some(wasmtime_wasi::I32Exit(0)) => Ok(()),
-                Some(wasmtime_wasi::I32Exit(code)) => Err(format!("exited with status {code}")),
-                None => Err(format!("trapped: {}", e.root_cause())),
+                Some(wasmtime_wasi::I32Exit(code)) => Err(GuestError::Failed(
+                    wasmtime::format_err!("exited with status {code}"),
+                )),
+                None => Err(GuestError::Failed(wasmtime::format_err!(
+                    "trapped: {}",
+                    e.root_cause()
+                ))),
             },
-            Err(_) => Err("ran past the request deadline".to_string()),
         };
         // Closing stdout ends the response body.
         drop(store);
-        on_done();
-        exit_tx.send(result).ok();
-    });
+        result
+    };
+    let (task, outcome) = call::spawn(deadline, guest, on_done);
 
     let mut head = BytesMut::new();
     let read_head = async {
@@ -199,7 +201,7 @@ where
         Ok(Ok(end)) => end,
         Ok(Err(why)) => {
             // The exit status, when there is one, says more than "no headers".
-            let why = match tokio::time::timeout_at(deadline, exit_rx).await {
+            let why = match tokio::time::timeout_at(deadline, outcome).await {
                 Ok(Ok(Err(exit))) => exit,
                 _ => why,
             };
@@ -223,8 +225,8 @@ where
         first: (!rest.is_empty()).then(|| rest.freeze()),
         reader: stdout_host,
         buf: BytesMut::new(),
-        exit: Some(exit_rx),
     };
+    let body = GuardedBody::new(body.boxed_unsync(), outcome);
     let mut resp = hyper::Response::new(body.boxed_unsync());
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
@@ -249,13 +251,13 @@ where
 }
 
 /// The response body: the guest's stdout after the headers, as it is
-/// written. A guest that fails after its headers ends the body with an
-/// error, so the client sees a truncated response, not a complete one.
+/// written. It is guarded like every guest's body (call.rs): a guest that
+/// fails after its headers ends it with an error, so the client sees a
+/// truncated response, not a complete one.
 struct StdoutBody {
     first: Option<Bytes>,
     reader: DuplexStream,
     buf: BytesMut,
-    exit: Option<oneshot::Receiver<Result<(), String>>>,
 }
 
 impl Body for StdoutBody {
@@ -288,21 +290,7 @@ impl Body for StdoutBody {
         if n > 0 {
             return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
         }
-        let Some(exit) = this.exit.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let result = ready!(Pin::new(exit).poll(cx));
-        this.exit = None;
-        match result {
-            Ok(Ok(())) => Poll::Ready(None),
-            Ok(Err(why)) => {
-                tracing::warn!("CGI handler failed after its headers: {why}");
-                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
-                    why,
-                )))))
-            }
-            Err(_) => Poll::Ready(None),
-        }
+        Poll::Ready(None)
     }
 }
 

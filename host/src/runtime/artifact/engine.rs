@@ -1,6 +1,14 @@
 //! The one place the wasmtime `Engine` is configured. The compile child and
 //! every worker call it with the same settings, so an artifact compiled by one
 //! deserializes in the others.
+//!
+//! There are two engines, told apart by `Concurrency`: WASI 0.3 components
+//! need the component model's concurrency support, which makes every store
+//! and every call into a component dearer (a 0.2 request paid about a fifth
+//! of its throughput for it). WASI 0.2 components and CGI modules run on an
+//! engine without it. An artifact is compiled for one of the two.
+
+use std::sync::OnceLock;
 
 use anyhow::Result;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -26,9 +34,29 @@ const KEEP_RESIDENT: usize = 2 << 20;
 const KEEP_RESIDENT_UNSCANNED: usize = 128 << 10;
 const DECOMMIT_BATCH: usize = 32;
 
-pub fn build(settings: &EngineSettings, allocation: Allocation) -> Result<Engine> {
+/// Whether an engine supports the component model's concurrency (async
+/// lifts, streams, futures): WASI 0.3 components need it, nothing else does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    Off,
+    On,
+}
+
+impl Concurrency {
+    /// In the order the compile child tries them: the cheaper engine first.
+    pub const ALL: [Concurrency; 2] = [Concurrency::Off, Concurrency::On];
+}
+
+pub fn build(
+    settings: &EngineSettings,
+    allocation: Allocation,
+    concurrency: Concurrency,
+) -> Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    let on = concurrency == Concurrency::On;
+    config.concurrency_support(on);
+    config.wasm_component_model_async(on);
     // Epochs rather than fuel: a counter bump from one thread per worker costs
     // nothing on the hot path, and lets a `loop {}` guest yield and be stopped.
     config.epoch_interruption(true);
@@ -96,12 +124,56 @@ fn swap_areas(proc_swaps: &str) -> usize {
         .count()
 }
 
-/// A short stable name for "code compiled by this engine": part of the cache key.
-pub fn compatibility_key(engine: &Engine) -> String {
+/// A short stable name for "code compiled by either engine with these
+/// settings": part of the cache key.
+pub fn compatibility_key(settings: &EngineSettings) -> Result<String> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut h);
-    format!("{:016x}", h.finish())
+    for concurrency in Concurrency::ALL {
+        build(settings, Allocation::OnDemand, concurrency)?
+            .precompile_compatibility_hash()
+            .hash(&mut h);
+    }
+    Ok(format!("{:016x}", h.finish()))
+}
+
+/// A worker's engines, each built when a version first needs it: a worker
+/// that serves only 0.2 components never reserves a pool for 0.3 ones.
+pub struct Engines {
+    settings: EngineSettings,
+    allocation: Allocation,
+    off: OnceLock<Engine>,
+    on: OnceLock<Engine>,
+}
+
+impl Engines {
+    pub fn new(settings: EngineSettings, allocation: Allocation) -> Self {
+        Self {
+            settings,
+            allocation,
+            off: OnceLock::new(),
+            on: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self, concurrency: Concurrency) -> Result<&Engine> {
+        let cell = match concurrency {
+            Concurrency::Off => &self.off,
+            Concurrency::On => &self.on,
+        };
+        if let Some(engine) = cell.get() {
+            return Ok(engine);
+        }
+        let engine = build(&self.settings, self.allocation, concurrency)?;
+        Ok(cell.get_or_init(|| engine))
+    }
+
+    /// One epoch tick for every engine built so far.
+    pub fn increment_epoch(&self) {
+        for engine in [self.off.get(), self.on.get()].into_iter().flatten() {
+            engine.increment_epoch();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
-//! What both handler ABIs (component.rs, cgi.rs) share with the worker:
-//! the request and error types of a guest call, the response body guard and
-//! the epoch yield. handler.rs picks the ABI; this module depends on neither.
+//! The skeleton every guest call runs in, whatever its ABI (p2.rs, p3.rs,
+//! cgi.rs): a task of its own under the request deadline (`spawn`), its end
+//! (`settle`: `on_done`, and the outcome for the body's guard), waiting for
+//! the response head (`response`), the guarded body, and the epoch yield.
+//! Also the request and error types a call shares with the worker. Each
+//! ABI only builds its call; this module depends on none of them.
 
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -99,9 +102,31 @@ impl hyper::body::Body for GuardedBody {
     }
 }
 
+/// Runs `guest`, the ABI's part of a call, on a task of its own until
+/// `deadline`; then runs `on_done` and tells the response body's guard how
+/// it ended (the returned receiver).
+pub fn spawn(
+    deadline: tokio::time::Instant,
+    guest: impl Future<Output = Result<(), GuestError>> + Send + 'static,
+    on_done: impl FnOnce() + Send + 'static,
+) -> (
+    tokio::task::JoinHandle<Result<(), GuestError>>,
+    tokio::sync::oneshot::Receiver<Result<(), String>>,
+) {
+    let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let result = match tokio::time::timeout_at(deadline, guest).await {
+            Ok(result) => result,
+            Err(_) => Err(GuestError::Timeout),
+        };
+        settle(result, on_done, outcome_tx)
+    });
+    (task, outcome_rx)
+}
+
 /// The end of a guest's request task: `on_done`, and the outcome its
 /// response body's guard waits for.
-pub fn settle(
+fn settle(
     result: Result<(), GuestError>,
     on_done: impl FnOnce(),
     outcome: tokio::sync::oneshot::Sender<Result<(), String>>,

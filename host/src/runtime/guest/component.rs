@@ -1,28 +1,23 @@
-//! wasi:http/proxy components (WASI 0.2): the world `wasmtime serve` and Spin
-//! run. Each request gets a fresh instance from the pre-instantiated
-//! component (unless `--reuse-instances` opts into reuse), with only the
-//! capabilities the operator granted.
+//! What wasi:http components of both ABIs share: the store's data (WASI,
+//! wasi-http, the capabilities), the linker, telling a 0.2 proxy from a 0.3
+//! service by its exports, and the request body under its size limit.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::capabilities::Capabilities;
-use super::guest::{GuestError, RequestBody};
-use super::guest_io::GuestLog;
-use super::instance_pool::{self, InstancePool};
-use super::keyvalue::{self, KeyValue, KvView};
-use super::outbound::{Outbound, Sent};
+use super::call::RequestBody;
+use super::log::GuestLog;
+use crate::runtime::capabilities::Capabilities;
+use crate::runtime::capabilities::keyvalue::{self, KeyValue, KvView};
+use crate::runtime::capabilities::outbound::{Outbound, Sent};
 
 pub struct GuestState {
     wasi: WasiCtx,
@@ -112,9 +107,12 @@ pub fn linker(engine: &Engine) -> Result<Linker<GuestState>> {
     // them: a 0.3 component built with Rust std still imports 0.2's
     // wasi:cli and wasi:io.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    // Only the engine with concurrency support runs 0.3 components (engine.rs).
+    if engine.get_concurrency_support() {
+        wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    }
     wasmtime_wasi_config::add_to_linker(&mut linker, |s: &mut GuestState| {
         WasiConfig::from(&*s.config)
     })?;
@@ -136,7 +134,8 @@ pub enum HttpPre {
 /// Tells a 0.3 service from a 0.2 proxy by its exports (checked before
 /// its imports, so a component of the wrong shape hears what it exports),
 /// then checks that every import is satisfied.
-pub fn pre_instantiate(engine: &Engine, component: &Component) -> Result<HttpPre> {
+pub fn pre_instantiate(component: &Component) -> Result<HttpPre> {
+    let engine = component.engine();
     let exports: Vec<String> = component
         .component_type()
         .exports(engine)
@@ -181,87 +180,9 @@ pub fn pre_instantiate(engine: &Engine, component: &Component) -> Result<HttpPre
     })
 }
 
-/// Runs one request in a fresh instance of `pre` (or, with a pool, in an
-/// instance that served earlier requests). The guest keeps running
-/// after it has set the response, to stream the body, until `deadline`;
-/// `on_done` runs when it has finished, whatever the outcome.
-pub async fn handle<B>(
-    pre: &ProxyPre<GuestState>,
-    // With reuse: the pool, and the id of this request, which a reused
-    // instance's output is labelled with.
-    reuse: Option<(&Arc<InstancePool<Proxy>>, Arc<str>)>,
-    state: impl FnOnce() -> GuestState,
-    req: hyper::Request<B>,
-    body_limit: u64,
-    deadline: Instant,
-    on_done: impl FnOnce() + Send + 'static,
-) -> Result<hyper::Response<HyperOutgoingBody>, GuestError>
-where
-    B: RequestBody,
-{
-    let (mut store, proxy, lease) = instance_pool::checkout(reuse, pre.engine(), state);
-    let scheme = if super::guest::is_tls(&req) {
-        Scheme::Https
-    } else {
-        Scheme::Http
-    };
-    let req = req.map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    // Whether the guest set its response: one that returned without doing
-    // so (an exception its runtime swallowed) has failed, at once.
-    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (req, out) = {
-        let mut http = store.data_mut().http();
-        let req = http
-            .new_incoming_request(scheme, req)
-            .map_err(GuestError::Failed)?;
-        let flag = answered.clone();
-        let out = http
-            .new_response_outparam_from_callback(move |resp| {
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                tx.send(resp).ok();
-            })
-            .map_err(GuestError::Failed)?;
-        (req, out)
-    };
-    let pre = pre.clone();
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(async move {
-        let run = async {
-            let proxy = match proxy {
-                Some(p) => p,
-                None => pre.instantiate_async(&mut store).await?,
-            };
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await?;
-            // Dropping the store drops the unset outparam: the caller hears
-            // at once, and the instance is not reused.
-            if !answered.load(std::sync::atomic::Ordering::Relaxed) {
-                wasmtime::bail!("the handler returned without setting a response");
-            }
-            Ok::<_, wasmtime::Error>(proxy)
-        };
-        let result = match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(proxy)) => {
-                if let Some(lease) = lease {
-                    lease.give_back(store, proxy);
-                }
-                Ok(())
-            }
-            Ok(Err(e)) => Err(GuestError::Failed(e)),
-            Err(_) => Err(GuestError::Timeout),
-        };
-        super::guest::settle(result, on_done, outcome_tx)
-    });
-    super::guest::response(deadline, rx, task, outcome_rx).await
-}
-
 /// The request body with the size limit applied, its errors in the type
 /// wasi-http expects.
-pub(super) struct LimitedBody<B>(pub http_body_util::Limited<B>);
+pub struct LimitedBody<B>(pub http_body_util::Limited<B>);
 
 impl<B> hyper::body::Body for LimitedBody<B>
 where

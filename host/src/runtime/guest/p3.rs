@@ -3,11 +3,11 @@
 //! store's concurrent event loop. The same `GuestState`, grants and limits as
 //! the 0.2 components in component.rs.
 //!
-//! Isolation is the default: a fresh instance per request. With
-//! `--reuse-instances N`, instances serve up to N requests each: one at a
-//! time from a pool, as 0.2 instances do, or, with
-//! `--max-instance-concurrency C` above 1, C at once through
-//! wasmtime-wasi-http's `ProxyHandler` (what `wasmtime serve` uses).
+//! Instances are reused by default, as `wasmtime serve -Sp3` and Spin do:
+//! one request at a time from the same pool as 0.2 instances (`handle`),
+//! or, with `--max-instance-concurrency` above 1, several at once through
+//! wasmtime-wasi-http's `ProxyHandler`, what `wasmtime serve` uses
+//! (`Shared`). `--reuse-instances 0` gives a fresh instance per request.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use wasmtime::component::GuestTaskId;
+use wasmtime::component::TaskGroupId;
 use wasmtime::{Engine, Store, StoreContextMut};
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::WasiHttpView;
@@ -25,18 +25,14 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
+use super::call::{self, GuestError, RequestBody};
 use super::component::{GuestState, LimitedBody};
-use super::guest::{GuestError, RequestBody};
-use super::instance_pool::{self, InstancePool};
+use super::pool::{Checkout, Instances};
 
 /// The request as a 0.3 guest sees it: an absolute URI, as 0.2 guests get
 /// their authority from `Host` (wasi-http strips `Host` itself).
 fn absolute<B>(req: hyper::Request<B>) -> hyper::Request<B> {
-    let scheme = if super::guest::is_tls(&req) {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if call::is_tls(&req) { "https" } else { "http" };
     let (mut parts, body) = req.into_parts();
     if parts.uri.authority().is_none() {
         let host = parts
@@ -58,30 +54,17 @@ fn absolute<B>(req: hyper::Request<B>) -> hyper::Request<B> {
     hyper::Request::from_parts(parts, body)
 }
 
-/// How 0.3 instances are used, by `--reuse-instances N` and
-/// `--max-instance-concurrency C`.
-pub enum ServiceReuse {
-    /// A fresh instance per request (N = 0, the default).
-    Fresh,
-    /// C = 1: an instance serves one request at a time, up to N in turn,
-    /// from the same pool as 0.2 components.
-    Sequential(Arc<InstancePool<Service>>),
-    /// C > 1: wasmtime-wasi-http's `ProxyHandler` runs up to C requests at
-    /// once in one instance.
-    Concurrent(Reuse),
-}
-
-/// Runs one request in a fresh instance (or, with a pool, in one that
-/// served earlier requests), until `deadline`. The store keeps running after
-/// the response head, streaming the body and trailers, until the guest's
-/// tasks have finished; `on_done` runs then, whatever the outcome, and a
-/// pooled instance goes back only if they finished well.
+/// Runs one request in an instance from `instances`, until `deadline`.
+/// The store keeps running after the response head, streaming the body and
+/// trailers, until the guest's tasks have finished; `on_done` runs then,
+/// whatever the outcome, and a reused instance goes back only if they
+/// finished well.
+#[allow(clippy::too_many_arguments)]
 pub async fn handle<B>(
     pre: &ServicePre<GuestState>,
-    // With reuse: the pool, and the id of this request, which a reused
-    // instance's output is labelled with.
-    reuse: Option<(&Arc<InstancePool<Service>>, Arc<str>)>,
-    state: impl FnOnce() -> GuestState,
+    instances: &Arc<Instances<Service>>,
+    state: impl FnOnce() -> Result<GuestState, GuestError>,
+    request_id: &Arc<str>,
     req: hyper::Request<B>,
     body_limit: u64,
     deadline: Instant,
@@ -90,18 +73,20 @@ pub async fn handle<B>(
 where
     B: RequestBody,
 {
-    let (mut store, service, lease) = instance_pool::checkout(reuse, pre.engine(), state);
+    let Checkout {
+        mut store,
+        instance,
+        lease,
+    } = instances.checkout(pre.engine(), request_id, state)?;
     let req = absolute(req)
         .map(|body| LimitedBody(http_body_util::Limited::new(body, body_limit as usize)));
     let (request, request_io) =
         wasmtime_wasi_http::p3::Request::from_http(store.data_mut().http().hooks, req);
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
     let pre = pre.clone();
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let task = tokio::spawn(async move {
+    let guest = async move {
         let run = async {
-            let service = match service {
+            let service = match instance {
                 Some(s) => s,
                 None => pre.instantiate_async(&mut store).await?,
             };
@@ -120,51 +105,45 @@ where
                 .await??;
             Ok::<_, wasmtime::Error>(service)
         };
-        let result = match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(service)) => {
-                if let Some(lease) = lease {
-                    lease.give_back(store, service);
-                }
-                Ok(())
-            }
-            Ok(Err(e)) => Err(GuestError::Failed(e)),
-            Err(_) => Err(GuestError::Timeout),
-        };
-        super::guest::settle(result, on_done, outcome_tx)
-    });
-    super::guest::response(deadline, rx, task, outcome_rx).await
+        let service = run.await.map_err(GuestError::Failed)?;
+        lease.give_back(store, service);
+        Ok(())
+    };
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let (task, outcome) = call::spawn(deadline, guest, on_done);
+    call::response(deadline, rx, task, outcome).await
 }
 
-/// Concurrent reuse: instances that serve up to `max_uses` requests,
-/// `concurrency` at once, each request under its own deadline.
-pub struct Reuse {
-    handler: ProxyHandler<Instances>,
+/// Concurrent reuse: instances that serve a number of requests drawn in
+/// `lifetime`, `concurrency` at once, each request under its own deadline.
+pub struct Shared {
+    handler: ProxyHandler<SharedInstances>,
 }
 
-struct Instances {
+struct SharedInstances {
     pre: ServicePre<GuestState>,
     engine: Engine,
-    make: Arc<dyn Fn() -> GuestState + Send + Sync>,
-    max_uses: usize,
+    make: Arc<dyn Fn() -> Result<GuestState, GuestError> + Send + Sync>,
+    lifetime: (u32, u32),
     concurrency: usize,
     request_timeout: Duration,
 }
 
-impl Reuse {
+impl Shared {
     pub fn new(
         pre: ServicePre<GuestState>,
-        make: Arc<dyn Fn() -> GuestState + Send + Sync>,
-        max_uses: u32,
+        make: Arc<dyn Fn() -> Result<GuestState, GuestError> + Send + Sync>,
+        lifetime: (u32, u32),
         concurrency: u32,
         request_timeout: Duration,
     ) -> Self {
         let engine = pre.engine().clone();
         Self {
-            handler: ProxyHandler::new(Instances {
+            handler: ProxyHandler::new(SharedInstances {
                 pre,
                 engine,
                 make,
-                max_uses: max_uses as usize,
+                lifetime,
                 concurrency: concurrency.max(1) as usize,
                 request_timeout,
             }),
@@ -231,7 +210,7 @@ impl WorkerState for Caps {
         &self,
         _store: StoreContextMut<'_, GuestState>,
         deadline: tokio::time::Instant,
-        _task: GuestTaskId,
+        _task: TaskGroupId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         Box::pin(tokio::time::sleep_until(deadline))
     }
@@ -271,14 +250,18 @@ impl WorkerExpiration for Expiry {
     }
 }
 
-impl HandlerState for Instances {
+impl HandlerState for SharedInstances {
     type StoreData = GuestState;
     type WorkerExpiration = Expiry;
     type WorkerState = Caps;
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<GuestState, Expiry, Caps>> {
-        let mut store = Store::new(&self.engine, (self.make)());
-        super::guest::yield_at_every_tick(&mut store);
+        let state = (self.make)().map_err(|e| match e {
+            GuestError::Failed(e) => e,
+            other => wasmtime::format_err!("{other:?}"),
+        })?;
+        let mut store = Store::new(&self.engine, state);
+        call::yield_at_every_tick(&mut store);
         let proxy = ProxyPre::P3(self.pre.clone())
             .instantiate_async(&mut store)
             .await?;
@@ -291,7 +274,8 @@ impl HandlerState for Instances {
                 sleep: Box::pin(tokio::time::sleep(self.request_timeout)),
             },
             state: Caps {
-                max_uses: self.max_uses,
+                max_uses: fastrand::u32(self.lifetime.0..=self.lifetime.1.max(self.lifetime.0))
+                    as usize,
                 concurrency: self.concurrency,
             },
         })

@@ -1,49 +1,15 @@
-//! What wcluster trusts on disk: the artifact cache runs native code (a
+//! What wcluster trusts in the artifact cache: it runs native code (a
 //! wasmtime artifact is machine code), so the cache directory must be ours
-//! and private, every artifact in it ours and unwritable by others, and its
-//! content must match the digest recorded when it was written.
+//! and private (crate::files), every artifact in it ours and unwritable by
+//! others, and its content must match the digest recorded when it was
+//! written.
 
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use sha2::{Digest, Sha256};
-
-/// Creates `dir` (mode 0700) if missing, and refuses one that another user
-/// owns or that others may write to: whoever can write there can put code
-/// under a handler's name.
-pub fn private_dir(dir: &Path, what: &str, flag: &str) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {what} `{}`", dir.display()))?;
-    let meta = std::fs::metadata(dir)
-        .with_context(|| format!("cannot read {what} `{}`", dir.display()))?;
-    ensure!(
-        meta.is_dir(),
-        "{what} `{}` is not a directory; pass {flag} DIR",
-        dir.display()
-    );
-    let me = nix::unistd::geteuid().as_raw();
-    ensure!(
-        meta.uid() == me,
-        "{what} `{}` belongs to uid {}, not to this user (uid {me}); refused. \
-         Remove it, or pass {flag} with a directory of your own",
-        dir.display(),
-        meta.uid()
-    );
-    ensure!(
-        meta.mode() & 0o022 == 0,
-        "{what} `{}` is writable by other users (mode {:o}); refused. \
-         Run `chmod 700 {}`, or pass {flag} with a private directory",
-        dir.display(),
-        meta.mode() & 0o777,
-        dir.display()
-    );
-    Ok(())
-}
 
 /// Refuses an artifact that is not a regular file of ours, unwritable by
 /// others (a symlink, or a file planted by another user).
@@ -117,38 +83,10 @@ pub fn verify_artifact(path: &Path, expected: Option<&str>) -> Result<String> {
     Ok(actual)
 }
 
-/// Writes `bytes` to `path` inside a private directory: a new file (O_EXCL,
-/// so nothing planted under the temporary name is followed) renamed over
-/// `path` (a rename replaces a symlink there instead of writing through it).
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("the path has no directory")?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in `{}`", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)
-        .with_context(|| format!("cannot write `{}`", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot write `{}`", path.display()))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_world_writable_directory_is_refused_and_a_private_one_accepted() {
-        let base = tempfile::tempdir().unwrap();
-        let dir = base.path().join("cache");
-        private_dir(&dir, "cache directory", "--cache-dir").unwrap();
-        let mode = std::fs::metadata(&dir).unwrap().mode() & 0o777;
-        assert_eq!(mode, 0o700);
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = private_dir(&dir, "cache directory", "--cache-dir").unwrap_err();
-        assert!(format!("{err:#}").contains("chmod 700"), "{err:#}");
-    }
+    use crate::files::write_private;
 
     #[test]
     fn an_artifact_must_match_its_digest() {
