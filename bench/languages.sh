@@ -2,7 +2,8 @@
 # Per-language numbers for the example handlers, loaded the way users load
 # them: compile time (cache miss, from the server's log), then keep-alive
 # GET throughput at 1 and at 32 connections (wrk -t1, DURATION s each) for
-#   wcluster          fresh instance per request (the default)
+#   wcluster          its defaults: a fresh instance per request for WASI
+#                     0.2 and CGI, reused instances for WASI 0.3
 #   wcluster-reuse    --reuse-instances 1000, where the handler allows it
 #                     (one that cannot serve twice is refused: "refused")
 #   wasmtime-serve    `wasmtime serve -S cli` 50.0.1 on the same file

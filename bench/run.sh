@@ -8,14 +8,14 @@
 #   native-hyper        hyper hello/echo: the ceiling for the HTTP layer
 # WASI 0.3 rows (not run by default; name them in SERVERS), all serving
 # examples/p3-hello (a wasi:http/service@0.3.0 component), GET scenarios only:
-#   wcluster-p3         fresh instance per request (wcluster's default)
-#   wcluster-p3-reuse   --reuse-instances 128 (one request at a time per
-#                       instance, the default)
-#   wcluster-p3-reuse-c16  the same with --max-instance-concurrency 16
+#   wcluster-p3         wcluster's default: reused instances (64-128
+#                       requests each, one request at a time)
+#   wcluster-p3-fresh   --reuse-instances 0: a fresh instance per request
+#   wcluster-p3-c16     the default with --max-instance-concurrency 16
 #                       (wasmtime serve's model: 16 at once per instance)
 #   wasmtime-serve-p3   `wasmtime serve -Sp3 -Scli` (its defaults: an
 #                       instance serves up to 128 requests, 16 at once)
-#   SERVERS="wcluster-p3 wcluster-p3-reuse wcluster-p3-reuse-c16 wasmtime-serve-p3" SCENARIOS="keepalive close" bench/run.sh
+#   SERVERS="wcluster-p3 wcluster-p3-fresh wcluster-p3-c16 wasmtime-serve-p3" SCENARIOS="keepalive close" bench/run.sh
 # Scenarios: keep-alive GET, one request per connection (Connection: close,
 # which exercises wcluster's hand-off), POST echo of 64 KiB, and `overload`:
 # keep-alive GET from OVERLOAD_CONNS (1000) connections, far past the
@@ -35,7 +35,11 @@
 #   bench/run.sh                 # DURATION=8 CONNS=32 by default
 #   SERVERS="wcluster native-hyper" bench/run.sh      # only these rows
 #   BASELINE=/path/to/old/wcluster bench/run.sh        # adds a wcluster-baseline
-#       row (another build, e.g. the commit before a change) for before/after
+#       row (another build, e.g. the commit before a change) for before/after;
+#       BASELINE2=/path adds wcluster-baseline2 (a second, older build). With
+#       BASELINE, the rows wcluster-baseline-p3 (that build's defaults on
+#       p3-hello) and wcluster-baseline-p3-reuse (--reuse-instances 128) can
+#       be named in SERVERS too.
 # Prints a table (with each peer's ratio to wcluster) and writes
 # bench/results/run-*.json with the CPU model and date.
 set -euo pipefail
@@ -57,6 +61,7 @@ command -v curl >/dev/null || need_apt+=(curl)
 tls_wanted() { [[ " ${SCENARIOS:-} " == *" tls-"* ]]; }
 tls_wanted && { command -v openssl >/dev/null || need_apt+=(openssl); }
 servers=(${SERVERS:-wcluster wcluster-reuse wasmtime-serve wasmtime-pooling node-cluster native-hyper})
+[ -n "${BASELINE2:-}" ] && servers=(wcluster-baseline2 "${servers[@]}")
 [ -n "${BASELINE:-}" ] && servers=(wcluster-baseline "${servers[@]}")
 wants() { [[ " ${servers[*]} " == *" $1"* ]]; }
 wants node-cluster && { command -v node >/dev/null || need_apt+=(nodejs npm); }
@@ -109,14 +114,20 @@ start_server() { # name port kind(get|post|tls|scraped) -> pid in $server_pid
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch "${tls[@]}" >"$work/$name.log" 2>&1 & ;;
     wcluster-baseline) taskset -c "$SERVER_CPU" "$BASELINE" serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache-baseline" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
+    wcluster-baseline2) taskset -c "$SERVER_CPU" "$BASELINE2" serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache-baseline2" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
+    wcluster-baseline-p3) taskset -c "$SERVER_CPU" "$BASELINE" serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache-baseline" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
+    wcluster-baseline-p3-reuse) taskset -c "$SERVER_CPU" "$BASELINE" serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache-baseline" --control "$work/ctl.sock" --no-watch --reuse-instances 128 >"$work/$name.log" 2>&1 & ;;
     wcluster-reuse) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 1000 "${tls[@]}" >"$work/$name.log" 2>&1 & ;;
     wcluster-p3) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
-    wcluster-p3-reuse) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
-        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 128 >"$work/$name.log" 2>&1 & ;;
-    wcluster-p3-reuse-c16) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
-        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 128 \
+    wcluster-p3-fresh) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 0 >"$work/$name.log" 2>&1 & ;;
+    wcluster-p3-c16) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch \
         --max-instance-concurrency 16 >"$work/$name.log" 2>&1 & ;;
     wasmtime-serve-p3) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -Sp3 -Scli --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;
     wasmtime-serve) taskset -c "$SERVER_CPU" "$tools/bin/wasmtime" serve -S cli --addr "127.0.0.1:$port" "$file" >"$work/$name.log" 2>&1 & ;;

@@ -359,6 +359,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn config_flags() {
+        assert_eq!(
+            parse_config_flag("greeting=hello=you").unwrap(),
+            ("greeting".into(), "hello=you".into())
+        );
+        assert!(parse_config_flag("novalue").is_err());
+        let err = format!("{:#}", parse_config_flag("bad key=1").unwrap_err());
+        assert!(err.contains("bad key"), "{err}");
+    }
+
+    #[test]
     fn env_specs() {
         assert_eq!(
             parse_env("A=b=c").unwrap(),

@@ -78,7 +78,7 @@ mod tests {
     fn file_then_flags() {
         let f = file("greeting = \"hi\"\nport = 8080\n[db]\nhost = \"x\"\ntls = true\n");
         let grant = ConfigGrant {
-            vars: vec![parse_flag("greeting=hello=you").unwrap()],
+            vars: vec![("greeting".into(), "hello=you".into())],
             file: Some(f.path().to_path_buf()),
         };
         let v = values(&grant).unwrap();
@@ -104,7 +104,5 @@ mod tests {
             file: Some(arr.path().to_path_buf()),
         };
         assert!(format!("{:#}", values(&grant).unwrap_err()).contains("`list` is an array"));
-        assert!(parse_flag("novalue").is_err());
-        assert!(format!("{:#}", parse_flag("bad key=1").unwrap_err()).contains("bad key"));
     }
 }

@@ -242,7 +242,9 @@ impl Handler {
                 Ok(prefetch::prefetch(resp).await)
             }
             Guest::P3Concurrent(shared) => {
-                let resp = shared.handle(req, body_limit, deadline, on_done).await?;
+                let resp = shared
+                    .handle(req, body_limit, request_id.clone(), deadline, on_done)
+                    .await?;
                 Ok(prefetch::prefetch(resp).await)
             }
             Guest::Cgi(pre) => {

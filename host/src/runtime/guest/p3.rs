@@ -154,6 +154,7 @@ impl Shared {
         &self,
         req: hyper::Request<B>,
         body_limit: u64,
+        request_id: Arc<str>,
         deadline: Instant,
         on_done: impl FnOnce() + Send + 'static,
     ) -> Result<hyper::Response<WasiBody>, GuestError>
@@ -165,7 +166,7 @@ impl Shared {
         });
         let call = self
             .handler
-            .handle(tokio::time::Instant::from_std(deadline), req);
+            .handle((tokio::time::Instant::from_std(deadline), request_id), req);
         let result =
             match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), call).await {
                 Ok(Ok(resp)) => Ok(resp),
@@ -194,7 +195,8 @@ struct Caps {
 
 impl WorkerState for Caps {
     type StoreData = GuestState;
-    type RequestData = tokio::time::Instant;
+    /// The request's deadline, and its id for the instance's output.
+    type RequestData = (tokio::time::Instant, Arc<str>);
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         if total >= self.max_uses {
@@ -208,10 +210,14 @@ impl WorkerState for Caps {
 
     fn on_request_start(
         &self,
-        _store: StoreContextMut<'_, GuestState>,
-        deadline: tokio::time::Instant,
+        store: StoreContextMut<'_, GuestState>,
+        (deadline, request_id): (tokio::time::Instant, Arc<str>),
         _task: TaskGroupId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        // The instance's output is this request's from now on: exact while
+        // requests do not overlap; with several at once, a line is labelled
+        // with the one that started last.
+        store.data().serve(&request_id);
         Box::pin(tokio::time::sleep_until(deadline))
     }
 
