@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../host/src/runtime/cgi_head.rs"]
+#[path = "../../host/src/runtime/guest/cgi_head.rs"]
 mod cgi_head;
 
 fuzz_target!(|data: &[u8]| {

@@ -30,8 +30,6 @@ pub enum Allocation {
 const SPARE_INSTANCES: u32 = 16;
 /// Bytes of each memory, table and stack kept resident between instances.
 const KEEP_RESIDENT: usize = 2 << 20;
-/// The same without PAGEMAP_SCAN, where all of it is rewritten per instance.
-const KEEP_RESIDENT_UNSCANNED: usize = 128 << 10;
 const DECOMMIT_BATCH: usize = 32;
 
 /// Whether an engine supports the component model's concurrency (async
@@ -63,18 +61,6 @@ pub fn build(
     config.memory_init_cow(true);
     if allocation == Allocation::Pooling {
         let slots = settings.max_concurrent + SPARE_INSTANCES;
-        let swap = std::fs::read_to_string("/proc/swaps").map_or(0, |s| swap_areas(&s));
-        let scan = swap == 0;
-        let keep = if scan {
-            KEEP_RESIDENT
-        } else {
-            tracing::warn!(
-                "swap is on ({swap} area(s) in /proc/swaps): instance memory is reset without \
-                 PAGEMAP_SCAN, which is slower, so that no swapped-out page carries one \
-                 request's data into the next"
-            );
-            KEEP_RESIDENT_UNSCANNED
-        };
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(slots)
             .total_stacks(slots)
@@ -91,37 +77,19 @@ pub fn build(
             .max_memory_size(settings.max_memory as usize)
             // A fresh instance per request means a slot is reset per request:
             // resetting the low, hot pages with memset (only the dirty ones,
-            // where the kernel has PAGEMAP_SCAN) instead of madvise avoids a
+            // which the kernel reports through PAGEMAP_SCAN, swapped-out
+            // ones included since wasmtime 50) instead of madvise avoids a
             // page fault per touched page and a TLB flush per request, which
             // profiles showed as the largest costs.
-            //
-            // But wasmtime 48's scan reports only dirty pages that are in
-            // memory: one the kernel swapped out would keep the previous
-            // request's data (wasmtime PR #14357). With swap on, every kept
-            // byte is rewritten instead: slower, never stale.
-            .linear_memory_keep_resident(keep)
-            .table_keep_resident(keep)
-            .async_stack_keep_resident(keep)
-            .pagemap_scan(if scan {
-                wasmtime::Enabled::Auto
-            } else {
-                wasmtime::Enabled::No
-            })
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .async_stack_keep_resident(KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto)
             // Decommit what remains in batches: one TLB shootdown per batch.
             .decommit_batch_size(DECOMMIT_BATCH);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     Ok(Engine::new(&config)?)
-}
-
-/// The swap areas listed in the text of /proc/swaps (a header line, then
-/// one line per area).
-fn swap_areas(proc_swaps: &str) -> usize {
-    proc_swaps
-        .lines()
-        .skip(1)
-        .filter(|l| !l.trim().is_empty())
-        .count()
 }
 
 /// A short stable name for "code compiled by either engine with these
@@ -173,20 +141,5 @@ impl Engines {
         for engine in [self.off.get(), self.on.get()].into_iter().flatten() {
             engine.increment_epoch();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::swap_areas;
-
-    #[test]
-    fn swap_areas_are_the_lines_after_the_header() {
-        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
-        assert_eq!(swap_areas(header), 0);
-        assert_eq!(swap_areas(""), 0);
-        let one =
-            format!("{header}/swapfile                               file\t\t1048572\t\t0\t\t-2\n");
-        assert_eq!(swap_areas(&one), 1);
     }
 }

@@ -55,14 +55,11 @@ pub fn is_tls<B>(req: &hyper::Request<B>) -> bool {
 /// the client must see a truncated response, never a complete-looking one.
 pub struct GuardedBody {
     inner: HyperOutgoingBody,
-    outcome: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    outcome: Option<Outcome>,
 }
 
 impl GuardedBody {
-    pub fn new(
-        inner: HyperOutgoingBody,
-        outcome: tokio::sync::oneshot::Receiver<Result<(), String>>,
-    ) -> Self {
+    pub fn new(inner: HyperOutgoingBody, outcome: Outcome) -> Self {
         Self {
             inner,
             outcome: Some(outcome),
@@ -102,6 +99,12 @@ impl hyper::body::Body for GuardedBody {
     }
 }
 
+/// A guest call's task.
+pub type GuestTask = tokio::task::JoinHandle<Result<(), GuestError>>;
+/// How a guest call ended, for its response body's guard: `Err(why)` if it
+/// failed after its response started.
+pub type Outcome = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
 /// Runs `guest`, the ABI's part of a call, on a task of its own until
 /// `deadline`; then runs `on_done` and tells the response body's guard how
 /// it ended (the returned receiver).
@@ -109,10 +112,7 @@ pub fn spawn(
     deadline: tokio::time::Instant,
     guest: impl Future<Output = Result<(), GuestError>> + Send + 'static,
     on_done: impl FnOnce() + Send + 'static,
-) -> (
-    tokio::task::JoinHandle<Result<(), GuestError>>,
-    tokio::sync::oneshot::Receiver<Result<(), String>>,
-) {
+) -> (GuestTask, Outcome) {
     let (outcome_tx, outcome_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let result = match tokio::time::timeout_at(deadline, guest).await {
@@ -148,8 +148,8 @@ fn settle(
 pub async fn response<E: std::fmt::Debug>(
     deadline: tokio::time::Instant,
     rx: tokio::sync::oneshot::Receiver<Result<hyper::Response<HyperOutgoingBody>, E>>,
-    task: tokio::task::JoinHandle<Result<(), GuestError>>,
-    outcome: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    task: GuestTask,
+    outcome: Outcome,
 ) -> Result<hyper::Response<HyperOutgoingBody>, GuestError> {
     use http_body_util::BodyExt;
     match tokio::time::timeout_at(deadline, rx).await {
