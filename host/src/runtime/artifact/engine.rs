@@ -31,7 +31,7 @@ const SPARE_INSTANCES: u32 = 16;
 /// Bytes of each table and stack kept resident between instances.
 const KEEP_RESIDENT: usize = 2 << 20;
 /// Bytes of each linear memory reset in place rather than decommitted.
-const KEEP_RESIDENT_MEMORY: usize = 64 << 10;
+const KEEP_RESIDENT_MEMORY: usize = 0;
 const DECOMMIT_BATCH: usize = 32;
 
 /// Whether an engine supports the component model's concurrency (async
@@ -79,14 +79,16 @@ pub fn build(
             .max_memory_size(settings.max_memory as usize)
             // A fresh instance per request means a slot is reset per request:
             // dirty pages up to the keep-resident budget are zeroed in place
-            // (found with PAGEMAP_SCAN, swapped-out ones included since
-            // wasmtime 50), the rest decommitted. wasmtime 50 no longer stops
-            // the scan after 32 regions, and a page the host zeroed stays
-            // "written", so the whole budget is zeroed every time: with 2 MiB
-            // that was 22% of a worker's time (memset) plus 10% scanning.
-            // 64 KiB of linear memory keeps the hottest pages (measured: the
-            // Rust hello 13.5k -> 17.5k req/s, JavaScript 1.7k -> 2.3k,
-            // Python 508 -> 558, one worker, wrk -c32).
+            // (found with PAGEMAP_SCAN), the rest decommitted. wasmtime 50 no
+            // longer stops the scan after 32 regions, and the pages it zeroes
+            // stay "written", so it zeroes the whole budget every time: with
+            // 2 MiB that was 22% of a worker's time (memset) plus 10%
+            // scanning. Measured per budget (one worker, wrk -c32, fresh
+            // instances; bench/results and the README): 0 is the fastest or
+            // as fast for every handler tried (Rust hello 13.2k at 2 MiB,
+            // 17.5k at 64 KiB, 19.4k at 0; p3-hello 7.0k / 14.3k / 15.5k;
+            // JavaScript and Python within noise of 64 KiB), so a fresh
+            // instance's memory is decommitted whole.
             .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
             .table_keep_resident(KEEP_RESIDENT)
             .async_stack_keep_resident(KEEP_RESIDENT)
