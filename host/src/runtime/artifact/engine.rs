@@ -31,7 +31,7 @@ const SPARE_INSTANCES: u32 = 16;
 /// Bytes of each table and stack kept resident between instances.
 const KEEP_RESIDENT: usize = 2 << 20;
 /// Bytes of each linear memory reset in place rather than decommitted.
-const KEEP_RESIDENT_MEMORY: usize = 0;
+const KEEP_RESIDENT_MEMORY: usize = 128 << 10;
 const DECOMMIT_BATCH: usize = 32;
 
 /// Whether an engine supports the component model's concurrency (async
@@ -83,12 +83,14 @@ pub fn build(
             // longer stops the scan after 32 regions, and the pages it zeroes
             // stay "written", so it zeroes the whole budget every time: with
             // 2 MiB that was 22% of a worker's time (memset) plus 10%
-            // scanning. Measured per budget (one worker, wrk -c32, fresh
-            // instances; bench/results and the README): 0 is the fastest or
-            // as fast for every handler tried (Rust hello 13.2k at 2 MiB,
-            // 17.5k at 64 KiB, 19.4k at 0; p3-hello 7.0k / 14.3k / 15.5k;
-            // JavaScript and Python within noise of 64 KiB), so a fresh
-            // instance's memory is decommitted whole.
+            // scanning. A small budget keeps the pages small guests touch
+            // every time without zeroing what big ones touched once.
+            // Measured per budget (one worker, wrk -c32, fresh instances;
+            // 0 / 64 KiB / 128 KiB / 256 KiB / 2 MiB): the C CGI example
+            // 11.4k / 16.5k / 18.1k / 19.9k / -, the Rust hello 16.4k /
+            // 16.5k / 16.5k / 12.2k / 13.2k, p3-hello 15.5k / 12.1-14.3k /
+            // 13.6k / 11.2k / 7.0k req/s; JavaScript and Python within
+            // noise of each other below 2 MiB.
             .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
             .table_keep_resident(KEEP_RESIDENT)
             .async_stack_keep_resident(KEEP_RESIDENT)
