@@ -8,11 +8,14 @@ use libfuzzer_sys::fuzz_target;
 #[allow(dead_code)]
 mod messages;
 
-// messages.rs names the worker settings as `crate::config::worker`.
+// messages.rs names the worker settings as `crate::config::worker`. The
+// file is included at the top level: a `#[path]` inside an inline module is
+// resolved through a `config/` directory that does not exist here.
+#[path = "../../host/src/config/worker.rs"]
 #[allow(dead_code)]
+mod config_worker;
 mod config {
-    #[path = "../../../host/src/config/worker.rs"]
-    pub mod worker;
+    pub(crate) use super::config_worker as worker;
 }
 
 use messages::{ToPrimary, ToWorker, decode};
