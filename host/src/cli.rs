@@ -238,6 +238,12 @@ pub struct LimitArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// A response the client takes nothing of for this long (a reader that
+    /// stopped, or an HTTP/2 stream it gives no flow-control window) is
+    /// abandoned and its connection closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
+
     /// How often an HTTP/2 connection that has been silent is sent a PING.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub h2_keepalive_interval: Duration,

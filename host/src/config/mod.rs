@@ -91,6 +91,7 @@ impl Config {
         );
         for (flag, value) in [
             ("--idle-timeout", l.idle_timeout),
+            ("--send-timeout", l.send_timeout),
             ("--h2-keepalive-interval", l.h2_keepalive_interval),
             ("--h2-keepalive-timeout", l.h2_keepalive_timeout),
         ] {
@@ -175,6 +176,7 @@ impl Config {
                 max_body: l.max_body.as_u64(),
                 header_timeout: l.header_timeout,
                 idle_timeout: l.idle_timeout,
+                send_timeout: l.send_timeout,
                 h2_keepalive_interval: l.h2_keepalive_interval,
                 h2_keepalive_timeout: l.h2_keepalive_timeout,
                 max_connections: l.max_connections,

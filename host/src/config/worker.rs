@@ -26,6 +26,9 @@ pub struct RequestLimits {
     /// A connection with no request in flight this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A response the client takes nothing of this long ends its connection.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// HTTP/2 PING after this long without a frame from the client...
     #[serde(with = "humantime_serde")]
     pub h2_keepalive_interval: Duration,

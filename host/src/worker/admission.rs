@@ -238,6 +238,7 @@ mod tests {
             max_body: 1,
             header_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(1),
             h2_keepalive_interval: Duration::from_secs(1),
             h2_keepalive_timeout: Duration::from_secs(1),
             max_connections: 1,

@@ -15,13 +15,19 @@
 //!   takes longer than --h2-keepalive-timeout (hyper);
 //! - no request in flight for --idle-timeout: the connection is closed
 //!   (`Guarded`; this is what ends an HTTP/2 client that answers PINGs but
-//!   sends no requests).
+//!   sends no requests);
+//! - a response the client takes nothing of for --send-timeout: the
+//!   connection is closed. A write to the socket that cannot go on (a reader
+//!   that stopped) is bounded by `Guarded`'s send timer; an HTTP/2 stream
+//!   held back by flow control never reaches the socket, so each stream's
+//!   wait for the client is clocked in `Activity` and checked by the read
+//!   timer, which HTTP/2 always has armed.
 
 use std::convert::Infallible;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -126,16 +132,16 @@ fn run<S>(
         .keep_alive_interval(limits.h2_keepalive_interval)
         .keep_alive_timeout(limits.h2_keepalive_timeout);
     let svc_ctx = ctx.clone();
-    let activity = Arc::new(Activity {
-        in_flight: AtomicUsize::new(0),
-        idle_since: Mutex::new(Instant::now()),
-    });
+    let activity = Arc::new(Activity::default());
     let io = Guarded {
         io,
         phase: Phase::Opening(0),
         timer: Box::pin(tokio::time::sleep_until(first_bytes)),
         activity: activity.clone(),
         idle_timeout: limits.idle_timeout,
+        send_timeout: limits.send_timeout,
+        send_timer: None,
+        write_waits: false,
     };
     let conn = builder
         .serve_connection(
@@ -148,7 +154,11 @@ fn run<S>(
                 let resp = service::handle(svc_ctx.clone(), req);
                 async move {
                     let resp = resp.await?;
-                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
+                    if let Some(busy) = &busy {
+                        // The head is out: the client's turn to take it.
+                        busy.waits_for_client(true);
+                    }
+                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, busy }))
                 }
             }),
         )
@@ -162,45 +172,109 @@ fn run<S>(
     });
 }
 
-/// Requests in flight on one connection, and since when it has had none.
+/// Requests in flight on one connection, since when it has had none, and
+/// (HTTP/2) since when each response has waited for the client.
 struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
+    /// Streams whose response the client has yet to take, with the time
+    /// they started to wait. Not listed: waiting for the guest, or done.
+    waiting: Mutex<Vec<(u64, Instant)>>,
+    next_stream: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            waiting: Mutex::new(Vec::new()),
+            next_stream: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What the read timer finds when it fires.
+#[derive(Debug, PartialEq)]
+enum Check {
+    /// No request in flight for --idle-timeout.
+    Idle,
+    /// A response has waited for the client for --send-timeout.
+    Stalled,
+    /// Nothing yet: look again then.
+    At(Instant),
 }
 
 impl Activity {
-    /// When the connection will have been idle for `timeout`; None while a
-    /// request is in flight.
-    fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
+    /// Never further than --send-timeout away, so a stream that starts to
+    /// wait between two checks is found when its time is up.
+    fn check(&self, now: Instant, idle_timeout: Duration, send_timeout: Duration) -> Check {
+        let next = now + send_timeout;
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let deadline =
+                *self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) + idle_timeout;
+            return if deadline <= now {
+                Check::Idle
+            } else {
+                Check::At(deadline.min(next))
+            };
         }
-        Some(*self.idle_since.lock().unwrap_or_else(|e| e.into_inner()) + timeout)
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        match waiting.iter().map(|&(_, since)| since + send_timeout).min() {
+            Some(deadline) if deadline <= now => Check::Stalled,
+            Some(deadline) => Check::At(deadline),
+            None => Check::At(next),
+        }
     }
 }
 
 /// One request in flight, from the service call until hyper drops the
 /// response body (sent, or the stream reset).
-struct Busy(Arc<Activity>);
+struct Busy {
+    activity: Arc<Activity>,
+    stream: u64,
+}
 
 impl Busy {
     fn new(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(activity.clone())
+        Self {
+            activity: activity.clone(),
+            stream: activity.next_stream.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// `true`: the response has something the client must take now;
+    /// `false`: it waits for the guest, or is done.
+    fn waits_for_client(&self, yes: bool) {
+        let mut waiting = self
+            .activity
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        waiting.retain(|&(stream, _)| stream != self.stream);
+        if yes {
+            waiting.push((self.stream, Instant::now()));
+        }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.waits_for_client(false);
+        *self
+            .activity
+            .idle_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// A response body that keeps its connection busy until it is done.
 struct Tracked {
     body: HyperOutgoingBody,
-    _busy: Option<Busy>,
+    busy: Option<Busy>,
 }
 
 impl Body for Tracked {
@@ -211,7 +285,13 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Some(busy) = &self.busy {
+            // hyper asks for the next frame only once the client has room
+            // for it: until then, the wait is the client's.
+            busy.waits_for_client(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -245,9 +325,39 @@ struct Guarded<S> {
     timer: Pin<Box<Sleep>>,
     activity: Arc<Activity>,
     idle_timeout: Duration,
+    send_timeout: Duration,
+    /// Made on the first write that has to wait, so a connection whose
+    /// writes all go through (the common case) never pays for a timer.
+    send_timer: Option<Pin<Box<Sleep>>>,
+    /// The last write waited: `send_timer` runs.
+    write_waits: bool,
 }
 
 impl<S> Guarded<S> {
+    /// A write that made progress (`done`), or has to wait: then it fails
+    /// once writes have waited for --send-timeout without any going through.
+    fn wrote<T>(&mut self, cx: &mut Context<'_>, done: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if done.is_ready() {
+            self.write_waits = false;
+            return done;
+        }
+        let timeout = self.send_timeout;
+        let timer = self
+            .send_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if !self.write_waits {
+            self.write_waits = true;
+            timer.as_mut().reset(Instant::now() + timeout);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing of the response within --send-timeout",
+            )));
+        }
+        Poll::Pending
+    }
+
     /// Moves the phase on with the bytes just read.
     fn saw(&mut self, new: &[u8]) {
         let Phase::Opening(seen) = self.phase else {
@@ -260,7 +370,7 @@ impl<S> Guarded<S> {
             self.phase = Phase::Http1;
         } else if total >= H2_PREFACE.len() {
             self.phase = Phase::Http2;
-            let deadline = Instant::now() + self.idle_timeout;
+            let deadline = Instant::now() + self.idle_timeout.min(self.send_timeout);
             self.timer.as_mut().reset(deadline);
         } else {
             self.phase = Phase::Opening(total);
@@ -285,7 +395,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             Poll::Pending if matches!(this.phase, Phase::Http1) => return Poll::Pending,
             Poll::Pending => {}
         }
-        // Nothing to read: the wait is bounded by the timer.
+        // Nothing to read: the wait is bounded by the timer (HTTP/2: also
+        // the check for stalled streams).
         loop {
             if this.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -297,11 +408,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 )));
             }
             let now = Instant::now();
-            match this.activity.idle_deadline(this.idle_timeout) {
+            match this
+                .activity
+                .check(now, this.idle_timeout, this.send_timeout)
+            {
                 // Idle long enough: end of stream, hyper closes.
-                Some(deadline) if deadline <= now => return Poll::Ready(Ok(())),
-                Some(deadline) => this.timer.as_mut().reset(deadline),
-                None => this.timer.as_mut().reset(now + this.idle_timeout),
+                Check::Idle => return Poll::Ready(Ok(())),
+                Check::Stalled => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "a response waited for the client's flow-control window for --send-timeout",
+                    )));
+                }
+                Check::At(deadline) => this.timer.as_mut().reset(deadline),
             }
         }
     }
@@ -313,7 +432,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let done = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(cx, done)
     }
 
     fn poll_write_vectored(
@@ -321,7 +442,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let done = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(cx, done)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -329,11 +452,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let done = Pin::new(&mut this.io).poll_flush(cx);
+        this.wrote(cx, done)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        let done = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.wrote(cx, done)
     }
 }
 
@@ -348,11 +475,11 @@ mod tests {
             io,
             phase: Phase::Opening(0),
             timer: Box::pin(tokio::time::sleep(Duration::from_secs(10))),
-            activity: Arc::new(Activity {
-                in_flight: AtomicUsize::new(0),
-                idle_since: Mutex::new(Instant::now()),
-            }),
+            activity: Arc::new(Activity::default()),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            send_timer: None,
+            write_waits: false,
         }
     }
 
@@ -386,16 +513,52 @@ mod tests {
 
     #[test]
     fn a_request_in_flight_is_not_idle() {
-        let activity = Arc::new(Activity {
-            in_flight: AtomicUsize::new(0),
-            idle_since: Mutex::new(Instant::now()),
-        });
-        let timeout = Duration::from_secs(5);
-        assert!(activity.idle_deadline(timeout).is_some());
+        let activity = Arc::new(Activity::default());
+        let (idle, send) = (Duration::from_secs(5), Duration::from_secs(3));
+        let now = Instant::now();
+        assert!(matches!(activity.check(now, idle, send), Check::At(_)));
+        assert_eq!(activity.check(now + idle, idle, send), Check::Idle);
         let busy = Busy::new(&activity);
-        assert_eq!(activity.idle_deadline(timeout), None);
+        assert_eq!(
+            activity.check(now + idle, idle, send),
+            Check::At(now + idle + send)
+        );
         drop(busy);
-        let deadline = activity.idle_deadline(timeout).unwrap();
-        assert!(deadline > Instant::now() + Duration::from_secs(4));
+        let later = Instant::now();
+        let Check::At(deadline) = activity.check(later, idle, send) else {
+            panic!("idle right after a request");
+        };
+        assert_eq!(deadline, later + send);
+        let Check::At(deadline) = activity.check(later, idle, idle * 2) else {
+            panic!("idle right after a request");
+        };
+        assert!(deadline > later + Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_response_stalls_only_while_it_waits_for_the_client() {
+        let activity = Arc::new(Activity::default());
+        let (idle, send) = (Duration::from_secs(60), Duration::from_secs(3));
+        let guest_slow = Busy::new(&activity);
+        let client_slow = Busy::new(&activity);
+        client_slow.waits_for_client(true);
+        let start = Instant::now();
+        assert!(matches!(activity.check(start, idle, send), Check::At(d) if d <= start + send));
+        // A response waiting for its guest never stalls the connection...
+        guest_slow.waits_for_client(false);
+        // ...one the client takes nothing of does, after --send-timeout.
+        assert_eq!(activity.check(start + send, idle, send), Check::Stalled);
+        // Taking a frame starts its clock again; being done stops it.
+        client_slow.waits_for_client(true);
+        let now = Instant::now();
+        assert!(matches!(
+            activity.check(now + send / 2, idle, send),
+            Check::At(_)
+        ));
+        drop(client_slow);
+        assert_eq!(
+            activity.check(start + send * 10, idle, send),
+            Check::At(start + send * 11)
+        );
     }
 }

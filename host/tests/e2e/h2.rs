@@ -165,3 +165,38 @@ fn empty_data_frames_are_bounded() {
     assert!(start.elapsed() < Duration::from_secs(15), "{kinds:?}");
     assert_still_serving(&server);
 }
+
+#[test]
+fn a_stream_the_client_gives_no_window_is_abandoned_after_the_send_timeout() {
+    let server = Server::start(
+        &guests().hello,
+        &[
+            "--workers",
+            "1",
+            "--max-connections",
+            "1",
+            "--send-timeout",
+            "2s",
+        ],
+    );
+    let mut c = TcpStream::connect(server.addr).unwrap();
+    c.write_all(PREFACE).unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may send a byte of DATA.
+    c.write_all(&frame(SETTINGS, 0, 0, &[0x00, 0x04, 0, 0, 0, 0]))
+        .unwrap();
+    c.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block(false),
+    ))
+    .unwrap();
+    let start = Instant::now();
+    let closed = closed_by_server(&mut c, start, Duration::from_secs(15));
+    assert!(
+        closed.is_some(),
+        "a stream with no window held its connection for 15 s"
+    );
+    // Its slot (the only one) is free again.
+    assert_still_serving(&server);
+}

@@ -227,6 +227,44 @@ fn connections_beyond_the_limit_wait_for_a_slot() {
 }
 
 #[test]
+fn a_client_that_stops_reading_loses_its_connection_after_the_send_timeout() {
+    let server = Server::start(
+        &guests().echo,
+        &[
+            "--workers",
+            "1",
+            "--max-connections",
+            "1",
+            "--send-timeout",
+            "2s",
+            "--request-timeout",
+            "60s",
+        ],
+    );
+    // 1 GiB that this client never reads: the socket buffers fill, and the
+    // server's writes wait.
+    let mut reader = TcpStream::connect(server.addr).unwrap();
+    reader
+        .write_all(b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // The only slot is taken until the send timeout frees it.
+    let mut next = TcpStream::connect(server.addr).unwrap();
+    next.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    next.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut resp = String::new();
+    next.read_to_string(&mut resp)
+        .expect("no answer within 15 s: the stalled reader kept the slot");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    assert!(
+        closed_by_server(&mut reader, Instant::now(), Duration::from_secs(15)).is_some(),
+        "the stalled connection was not closed"
+    );
+}
+
+#[test]
 fn malformed_and_oversized_requests_are_refused() {
     let server = Server::start(&guests().echo, &["--workers", "1", "--max-body", "1KiB"]);
     let wait = Duration::from_secs(3);

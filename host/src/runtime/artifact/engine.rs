@@ -8,7 +8,7 @@
 //! of its throughput for it). WASI 0.2 components and CGI modules run on an
 //! engine without it. An artifact is compiled for one of the two.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::Result;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -122,6 +122,8 @@ pub struct Engines {
     allocation: Allocation,
     off: OnceLock<Engine>,
     on: OnceLock<Engine>,
+    /// Held while an engine is built, so two first loads build it once.
+    building: Mutex<()>,
 }
 
 impl Engines {
@@ -131,6 +133,7 @@ impl Engines {
             allocation,
             off: OnceLock::new(),
             on: OnceLock::new(),
+            building: Mutex::new(()),
         }
     }
 
@@ -139,6 +142,10 @@ impl Engines {
             Concurrency::Off => &self.off,
             Concurrency::On => &self.on,
         };
+        if let Some(engine) = cell.get() {
+            return Ok(engine);
+        }
+        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(engine) = cell.get() {
             return Ok(engine);
         }

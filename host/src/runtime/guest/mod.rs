@@ -79,7 +79,12 @@ impl InstancePolicy {
     /// asked for; 0.3 components are reused unless it was refused.
     pub fn strategy(&self, abi: Abi) -> Strategy {
         let lifetime = match (abi, self.reuse) {
-            (Abi::Cgi, _) | (_, Reuse::Never) | (Abi::P2, Reuse::Default) => {
+            // A lifetime of one request is a fresh instance: no smoke
+            // check for reuse, no pool bookkeeping.
+            (Abi::Cgi, _)
+            | (_, Reuse::Never)
+            | (Abi::P2, Reuse::Default)
+            | (_, Reuse::Lifetime { max: 1, .. }) => {
                 return Strategy::Fresh;
             }
             (Abi::P3, Reuse::Default) => Reuse::DEFAULT_LIFETIME,
@@ -404,5 +409,13 @@ mod tests {
             }
         );
         assert_eq!(p.strategy(Abi::Cgi), Strategy::Fresh);
+    }
+
+    #[test]
+    fn a_lifetime_of_one_request_is_fresh() {
+        let p = policy(Reuse::Lifetime { min: 1, max: 1 }, 16);
+        for abi in [Abi::P2, Abi::P3, Abi::Cgi] {
+            assert_eq!(p.strategy(abi), Strategy::Fresh, "{abi:?}");
+        }
     }
 }
