@@ -9,15 +9,23 @@ use anyhow::{Context, Result, ensure};
 
 /// Creates `dir` (mode 0700) if missing, and refuses one that another user
 /// owns or that others may write to: whoever can write there can put code
-/// under a handler's name.
+/// under a handler's name. A symbolic link is refused, not followed: one
+/// planted at a default path (in /tmp) would lead wcluster into a directory
+/// of someone else's choosing.
 pub fn private_dir(dir: &Path, what: &str, flag: &str) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create {what} `{}`", dir.display()))?;
-    let meta = std::fs::metadata(dir)
+    let meta = std::fs::symlink_metadata(dir)
         .with_context(|| format!("cannot read {what} `{}`", dir.display()))?;
+    ensure!(
+        !meta.file_type().is_symlink(),
+        "{what} `{}` is a symbolic link; refused. Remove it, or pass {flag} \
+         with the directory itself",
+        dir.display()
+    );
     ensure!(
         meta.is_dir(),
         "{what} `{}` is not a directory; pass {flag} DIR",
@@ -75,5 +83,16 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = private_dir(&dir, "cache directory", "--cache-dir").unwrap_err();
         assert!(format!("{err:#}").contains("chmod 700"), "{err:#}");
+    }
+
+    #[test]
+    fn a_symbolic_link_is_refused_even_to_a_private_directory() {
+        let base = tempfile::tempdir().unwrap();
+        let real = base.path().join("real");
+        private_dir(&real, "cache directory", "--cache-dir").unwrap();
+        let planted = base.path().join("planted");
+        std::os::unix::fs::symlink(&real, &planted).unwrap();
+        let err = private_dir(&planted, "control socket directory", "--control").unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
     }
 }

@@ -78,6 +78,13 @@ pub fn load(cert: &Path, key: &Path) -> Result<Loaded> {
     let validity = leaf.validity();
     let now = ASN1Time::now();
     let mut warnings = Vec::new();
+    if let Some(mode) = open_to_others(key) {
+        warnings.push(format!(
+            "--tls-key `{}`: the private key is readable by other users (mode {mode:04o}): \
+             `chmod 600` it, as ssh asks of its keys",
+            key.display()
+        ));
+    }
     if now > validity.not_after {
         warnings.push(format!(
             "--tls-cert `{}`: the certificate expired on {}: clients will refuse it",
@@ -114,6 +121,13 @@ pub fn load(cert: &Path, key: &Path) -> Result<Loaded> {
         describe,
         warnings,
     })
+}
+
+/// The file's permission bits when its group or others may read it.
+fn open_to_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
 }
 
 /// The file's bytes: a regular file of at most MAX_PEM bytes.

@@ -188,6 +188,26 @@ fn https_with_http1_and_http2_by_alpn() {
 }
 
 #[test]
+fn a_private_key_other_users_can_read_is_served_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = pki("key-mode");
+    let warning = |l: &str| l.contains("readable by other users (mode 0644)");
+    std::fs::set_permissions(&pki.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut server = start(&pki, &["--workers", "1"]);
+    server.wait_for_line(Duration::from_secs(10), warning);
+    drop(server);
+    std::fs::set_permissions(&pki.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = start(&pki, &["--workers", "1"]);
+    // The warning would come before the readiness line; give the log
+    // thread time to write it anyway.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !server.lines().iter().any(|l| warning(l)),
+        "a 0600 key was warned about"
+    );
+}
+
+#[test]
 fn the_first_bytes_deadline_bounds_the_handshake() {
     let pki = pki("deadline");
     let server = start(&pki, &["--workers", "1", "--header-timeout", "2s"]);

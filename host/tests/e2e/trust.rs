@@ -264,6 +264,38 @@ while True:
     assert!(stderr.contains("not trusting it"), "{stderr}");
 }
 
+#[test]
+fn the_control_socket_is_private_and_refuses_other_users() {
+    let server = Server::start(&guests().hello, &["--workers", "1"]);
+    let mode = std::fs::metadata(&server.control)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped the peer check: needs root to run a client as another user");
+        return;
+    }
+    // Were the mode lost (a chmod, a directory others can reach between
+    // bind and chmod), the server still answers only its own user and root.
+    std::fs::set_permissions(&server.control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_wcluster"))
+        .args(["scale", "3", "--control"])
+        .arg(&server.control)
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "another user scaled the server");
+    assert!(
+        stderr.contains("uid 65534 may not control this server"),
+        "{stderr}"
+    );
+    assert_eq!(server.status()["workers"].as_array().map(Vec::len), Some(1));
+}
+
 /// The primary's open file descriptors, and a way to cap them.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

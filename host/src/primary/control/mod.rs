@@ -48,6 +48,14 @@ pub fn serve(path: &Path, private_parent: bool, tx: mpsc::UnboundedSender<Reques
     clear_stale(path)?;
     let listener = UnixListener::bind(path)
         .with_context(|| format!("cannot create control socket `{}`", path.display()))?;
+    // Not the umask's choice: connecting needs write permission, and only
+    // this user may have it. `answer` checks the peer as well, for a path
+    // in a directory others can reach between bind and chmod.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make control socket `{}` private", path.display()))?;
+    }
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
     tokio::spawn(async move {
         loop {
@@ -105,8 +113,38 @@ fn clear_stale(path: &Path) -> Result<()> {
     std::fs::remove_file(path).with_context(|| format!("cannot remove stale `{name}`"))
 }
 
+/// Whether a client running as `peer` may control a server running as
+/// `server`: the same user, or root.
+fn permitted(peer: u32, server: u32) -> bool {
+    peer == server || peer == 0
+}
+
 async fn answer(stream: UnixStream, tx: mpsc::UnboundedSender<Request>) -> Result<()> {
+    let peer = stream
+        .peer_cred()
+        .context("cannot tell who connected")?
+        .uid();
+    let server = nix::unistd::geteuid().as_raw();
     let (read, mut write) = stream.into_split();
+    let reply = if permitted(peer, server) {
+        request(read, tx).await?
+    } else {
+        tracing::warn!("control connection from uid {peer} refused: not this server's user");
+        Reply::Refused {
+            reason: Refusal::NotPermitted { uid: peer, server },
+        }
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+/// Reads one request line and has the primary's loop answer it.
+async fn request(
+    read: tokio::net::unix::OwnedReadHalf,
+    tx: mpsc::UnboundedSender<Request>,
+) -> Result<Reply> {
     let mut line = String::new();
     tokio::time::timeout(
         READ_TIMEOUT,
@@ -114,22 +152,34 @@ async fn answer(stream: UnixStream, tx: mpsc::UnboundedSender<Request>) -> Resul
     )
     .await
     .context("no request in time")??;
-    let reply = match serde_json::from_str::<protocol::Request>(line.trim()) {
-        Ok(request) => {
-            let (reply_tx, reply_rx) = oneshot::channel();
-            tx.send((request, reply_tx)).ok();
-            reply_rx.await.unwrap_or(Reply::Refused {
-                reason: Refusal::ShuttingDown,
-            })
-        }
-        Err(e) => Reply::Refused {
-            reason: Refusal::BadRequest {
-                error: e.to_string(),
+    Ok(
+        match serde_json::from_str::<protocol::Request>(line.trim()) {
+            Ok(request) => {
+                let (reply_tx, reply_rx) = oneshot::channel();
+                tx.send((request, reply_tx)).ok();
+                reply_rx.await.unwrap_or(Reply::Refused {
+                    reason: Refusal::ShuttingDown,
+                })
+            }
+            Err(e) => Reply::Refused {
+                reason: Refusal::BadRequest {
+                    error: e.to_string(),
+                },
             },
         },
-    };
-    let mut out = serde_json::to_vec(&reply)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    Ok(())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_servers_user_and_root_may_control_it() {
+        assert!(permitted(1000, 1000));
+        assert!(permitted(0, 1000));
+        assert!(permitted(0, 0));
+        assert!(!permitted(1001, 1000));
+        assert!(!permitted(1000, 0));
+    }
 }

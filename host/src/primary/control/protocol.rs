@@ -59,6 +59,11 @@ pub enum Refusal {
     BadRequest {
         error: String,
     },
+    /// The client runs as another user than the server (and not as root).
+    NotPermitted {
+        uid: u32,
+        server: u32,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -72,6 +77,10 @@ impl fmt::Display for Refusal {
                 "cannot scale to {asked} workers: between {min} and {max} (--max-workers)"
             ),
             Refusal::BadRequest { error } => write!(f, "bad request: {error}"),
+            Refusal::NotPermitted { uid, server } => write!(
+                f,
+                "uid {uid} may not control this server: only its own user (uid {server}) and root may"
+            ),
         }
     }
 }

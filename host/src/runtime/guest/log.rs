@@ -93,8 +93,27 @@ impl LineBuf {
         self.bytes += kept;
         self.lines += 1;
         let text = String::from_utf8_lossy(&line[..kept]);
-        tracing::info!(target: "guest", request = %self.request, stream = self.stream, "{}", text.trim_end_matches('\r'));
+        let text = printable(text.trim_end_matches('\r'));
+        tracing::info!(target: "guest", request = %self.request, stream = self.stream, "{text}");
     }
+}
+
+/// The line with its control characters escaped (`\r`, `\u{1b}`, ...): a
+/// bare carriage return or a terminal escape from a guest must not rewrite
+/// the line's prefix, which says which request printed it. Tabs stay.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 impl Drop for LineBuf {
@@ -207,6 +226,20 @@ mod tests {
         // buffer for its newline.
         let buffered = log.inner.lock().unwrap().buf.len() as u64;
         assert_eq!(dropped_bytes + buffered + MAX_BYTES as u64, 5_000_000);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_but_text_and_tabs_are_kept() {
+        assert_eq!(
+            printable("plain text, ünïcode\tand a tab"),
+            "plain text, ünïcode\tand a tab"
+        );
+        assert_eq!(
+            printable("evil\rrequest=0-1 fake"),
+            "evil\\rrequest=0-1 fake"
+        );
+        assert_eq!(printable("\u{1b}[2Khidden"), "\\u{1b}[2Khidden");
+        assert_eq!(printable("bell\u{7}\u{0}"), "bell\\u{7}\\u{0}");
     }
 
     #[test]
