@@ -85,6 +85,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 
+    /// A file whose first line is the bearer token that /status asks for
+    /// (`Authorization: Bearer TOKEN`): it shows pids and paths. Without
+    /// it /status is not served; /healthz, /readyz and /metrics stay open.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Admin connections served at once; more wait in the listen backlog,
+    /// so the admin port can never use up the process's descriptors.
+    #[arg(long, default_value_t = 32)]
+    pub admin_max_connections: usize,
+
     /// After SIGTERM, how long /readyz says 503 while wcluster still accepts
     /// and serves, before the drain begins (time for load balancers to notice).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::cli::{CapabilityArgs, LogFormat, ServeArgs};
 
+pub mod admin;
 pub mod tls;
 pub mod worker;
 
@@ -38,7 +39,7 @@ pub struct Config {
     pub grants: Grants,
     pub drain_timeout: Duration,
     pub drain_delay: Duration,
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<admin::Admin>,
     pub log_format: LogFormat,
     pub smoke: SmokeCheck,
     pub control: Option<PathBuf>,
@@ -192,7 +193,11 @@ impl Config {
             grants,
             drain_timeout: args.drain_timeout,
             drain_delay: args.drain_delay,
-            admin: args.admin,
+            admin: admin::check(
+                args.admin,
+                args.admin_token_file.as_deref(),
+                args.admin_max_connections,
+            )?,
             log_format: args.log_format,
             smoke: SmokeCheck {
                 path: args.smoke_path,

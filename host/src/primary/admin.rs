@@ -5,22 +5,36 @@
 //! so they answer even while the shell is busy, and /readyz turns 503 the
 //! moment SIGTERM is handled. /metrics and /status go through the core like
 //! `wcluster status`, which asks every worker for fresh counts first.
+//!
+//! It may face a network (a pod's probes come from the node), so it answers
+//! GET and HEAD only, /status (pids, paths) only to the --admin-token-file
+//! token, and serves at most --admin-max-connections at once, each with
+//! short timeouts: idle admin clients cannot use up the descriptors the
+//! main port needs.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http::{Response, StatusCode, header};
+use http::{Method, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::control::Request as ControlRequest;
 use super::control::protocol::{Reply, Request};
 use super::metrics;
+use crate::config::admin::{Admin, token_matches};
+
+/// Time a client has to send a request's headers, also between requests.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an admin connection stays open, whatever it does.
+const CONNECTION_TIME: Duration = Duration::from_secs(60);
 
 /// What the load balancer's probes read: (ready, healthy).
 pub type Health = watch::Receiver<(bool, bool)>;
@@ -28,46 +42,67 @@ pub type Health = watch::Receiver<(bool, bool)>;
 /// Binds the admin address (before any worker starts, so a taken port is a
 /// start-up error) and serves it.
 pub fn serve(
-    addr: SocketAddr,
+    admin: &Admin,
     health: Health,
     requests: mpsc::UnboundedSender<ControlRequest>,
 ) -> Result<SocketAddr> {
+    let addr = admin.addr;
     let std = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen on {addr} (--admin)"))?;
     std.set_nonblocking(true)?;
     let listener = TcpListener::from_std(std)?;
     let bound = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(admin.max_connections));
+    let token: Option<Arc<str>> = admin.token.as_deref().map(Into::into);
     tokio::spawn(async move {
         loop {
+            // At the cap, stop accepting: new clients wait in the backlog.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let (health, requests) = (health.clone(), requests.clone());
+            let (health, requests, token) = (health.clone(), requests.clone(), token.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (health, requests) = (health.clone(), requests.clone());
-                    async move { Ok::<_, Infallible>(route(req.uri().path(), &health, &requests).await) }
+                    let (health, requests, token) =
+                        (health.clone(), requests.clone(), token.clone());
+                    async move {
+                        Ok::<_, Infallible>(route(&req, token.as_deref(), &health, &requests).await)
+                    }
                 });
-                hyper::server::conn::http1::Builder::new()
+                let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await
-                    .ok();
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::time::timeout(CONNECTION_TIME, conn).await.ok();
+                drop(permit);
             });
         }
     });
     Ok(bound)
 }
 
-async fn route(
-    path: &str,
+async fn route<B>(
+    req: &hyper::Request<B>,
+    token: Option<&str>,
     health: &Health,
     requests: &mpsc::UnboundedSender<ControlRequest>,
 ) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "the admin endpoint answers GET and HEAD only\n".into(),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
     let (ready, healthy) = *health.borrow();
-    match path {
+    match req.uri().path() {
         "/healthz" => probe(healthy),
         "/readyz" => probe(ready),
         "/metrics" => match ask(requests, Request::Metrics).await {
@@ -78,16 +113,51 @@ async fn route(
             ),
             _ => unavailable(),
         },
-        "/status" => match ask(requests, Request::Status).await {
-            Some(reply @ Reply::Status(_)) => respond(
-                StatusCode::OK,
-                "application/json",
-                serde_json::to_string(&reply).unwrap_or_default(),
-            ),
-            _ => unavailable(),
-        },
+        "/status" => {
+            if let Some(refused) = authorize(req, token) {
+                return refused;
+            }
+            match ask(requests, Request::Status).await {
+                Some(reply @ Reply::Status(_)) => respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_string(&reply).unwrap_or_default(),
+                ),
+                _ => unavailable(),
+            }
+        }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// None when the request carries the token; else the refusal to send.
+fn authorize<B>(req: &hyper::Request<B>, token: Option<&str>) -> Option<Response<Full<Bytes>>> {
+    let Some(token) = token else {
+        return Some(respond(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "/status is served only with --admin-token-file (it shows pids and paths)\n".into(),
+        ));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token_matches(token, given.trim()) {
+        return None;
+    }
+    let mut resp = respond(
+        StatusCode::UNAUTHORIZED,
+        "text/plain",
+        "/status needs `Authorization: Bearer TOKEN` (the --admin-token-file token)\n".into(),
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    Some(resp)
 }
 
 async fn ask(requests: &mpsc::UnboundedSender<ControlRequest>, request: Request) -> Option<Reply> {

@@ -227,7 +227,12 @@ pub fn render(s: &MetricsSnapshot) -> String {
         if s.ready { 1.0 } else { 0.0 },
     );
     let mut out = Vec::new();
-    let families: Vec<MetricFamily> = f.0.into_values().collect();
+    // A labelled family has no samples until its first event (no request
+    // served yet), and the encoder refuses an empty family.
+    let families: Vec<MetricFamily> =
+        f.0.into_values()
+            .filter(|family| !family.get_metric().is_empty())
+            .collect();
     TextEncoder::new()
         .encode(&families, &mut out)
         .expect("text encoding into memory does not fail");

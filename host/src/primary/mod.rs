@@ -86,8 +86,8 @@ async fn run(config: Config) -> Result<()> {
     let (control_tx, control) = mpsc::unbounded_channel();
     control::serve(&control_path, config.control.is_none(), control_tx.clone())?;
     let (health_tx, health) = watch::channel((false, false));
-    if let Some(addr) = config.admin {
-        let bound = admin::serve(addr, health, control_tx)?;
+    if let Some(settings) = &config.admin {
+        let bound = admin::serve(settings, health, control_tx)?;
         tracing::info!("admin endpoint: http://{bound}/ (healthz, readyz, metrics, status)");
     }
     let _cleanup = RemoveOnDrop(control_path.clone());

@@ -175,10 +175,58 @@ fn metrics_add_up_and_promtool_accepts_them() {
         .stdin(std::process::Stdio::piped())
         .output_with_stdin(text.as_bytes());
     assert!(clean, "promtool check metrics: {findings}\n{text}");
-    // /status is the typed status, as `wcluster status --json` prints it.
+}
+
+/// A raw HTTP/1.1 request to the admin port: the status code.
+fn admin_request(url: &str, method: &str, headers: &str) -> u16 {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap();
+    let path = &url[url.find(addr).unwrap() + addr.len()..];
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).ok();
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_admin_port_answers_get_only_and_shows_status_to_the_token() {
+    let dir = scratch("admin-token");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-admin-token-0123456789\n").unwrap();
+    let mut server = Server::start(
+        &guests().hello,
+        &[
+            "--workers",
+            "2",
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
     let status = admin_url(&mut server, "/status");
+    let metrics = admin_url(&mut server, "/metrics");
+    assert_eq!(admin_request(&metrics, "POST", ""), 405);
+    assert_eq!(admin_request(&status, "DELETE", ""), 405);
+    assert_eq!(admin_request(&metrics, "GET", ""), 200);
+    assert_eq!(admin_request(&metrics, "HEAD", ""), 200);
+    assert_eq!(admin_request(&status, "GET", ""), 401);
+    let wrong = "Authorization: Bearer s3cret-admin-token-0123456780\r\n";
+    assert_eq!(admin_request(&status, "GET", wrong), 401);
+    // With the token, /status is the typed status, as `wcluster status
+    // --json` prints it.
     let body = fresh_client()
         .get(&status)
+        .set("Authorization", "Bearer s3cret-admin-token-0123456789")
         .call()
         .unwrap()
         .into_string()
@@ -186,6 +234,66 @@ fn metrics_add_up_and_promtool_accepts_them() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["reply"], "status");
     assert_eq!(body["workers"].as_array().unwrap().len(), 2);
+    // Without a token file, /status is not served at all.
+    let mut open = Server::start(
+        &guests().hello,
+        &["--workers", "1", "--admin", "127.0.0.1:0"],
+    );
+    let status = admin_url(&mut open, "/status");
+    assert_eq!(admin_request(&status, "GET", ""), 403);
+    assert_eq!(
+        admin_request(&admin_url(&mut open, "/readyz"), "GET", ""),
+        200
+    );
+}
+
+#[test]
+fn idle_admin_clients_cannot_use_up_the_primarys_descriptors() {
+    let mut server = Server::start(
+        &guests().hello,
+        &[
+            "--workers",
+            "1",
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-max-connections",
+            "4",
+        ],
+    );
+    let healthz = admin_url(&mut server, "/healthz");
+    let addr = healthz
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds(server.pid());
+    let idle: Vec<_> = (0..40)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = fds(server.pid()) - before;
+    assert!(
+        held <= 4,
+        "{held} descriptors held for 40 idle admin clients (cap 4)"
+    );
+    // The main port serves meanwhile, and the idle clients time out, so the
+    // admin port answers again.
+    assert_eq!(get(&fresh_client(), &server.url("/")).unwrap().0, 200);
+    let start = Instant::now();
+    while status_of(&healthz) != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the admin port stayed full"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(idle);
 }
 
 /// Runs a command with `input` on its stdin: (success, stdout and stderr).
