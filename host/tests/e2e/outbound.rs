@@ -2,7 +2,9 @@
 //! starts) answers through the guest; a host not on the list, and an allowed
 //! name that resolves to 127.0.0.1 without an explicit grant, are denied with
 //! the WASI error and one log line naming the flag; a stalled upstream is
-//! cut at the timeout and the worker goes on serving.
+//! cut at the timeout and the worker goes on serving. A URL with
+//! credentials is refused and its password never logged, and an over-broad
+//! pattern stops start-up.
 
 use std::time::{Duration, Instant};
 
@@ -168,4 +170,64 @@ fn an_upstream_that_stalls_mid_body_is_cut_between_bytes() {
         "{:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn a_url_with_credentials_is_refused_and_its_password_never_logged() {
+    let (_upstream, mut server, port) = upstream_and_reach(&guests().hello, &[]);
+    // On the allow-list or not, userinfo is refused before anything is sent
+    // (it would reach the upstream as `Host: user:password@...`).
+    for (url, shown) in [
+        (
+            format!("http://user:s3cret-pw@127.0.0.1:{port}/"),
+            format!("http://***@127.0.0.1:{port}/"),
+        ),
+        (
+            "http://user:s3cret-pw@127.0.0.2:9/x".to_string(),
+            "http://***@127.0.0.2:9/x".to_string(),
+        ),
+    ] {
+        let (status, body) = fetch(&server, &url, "");
+        assert_eq!(
+            (status, body.as_str()),
+            (502, "error HttpRequestUriInvalid\n"),
+            "{url}"
+        );
+        let line = server.wait_for_line(Duration::from_secs(5), |l| l.contains(&shown));
+        assert!(line.contains("credentials"), "{line}");
+    }
+    // The access log holds the reach handler's own (percent-encoded) URL;
+    // no line holds the password as the guest wrote it.
+    let leaks: Vec<String> = server
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("user:s3cret-pw"))
+        .collect();
+    assert!(leaks.is_empty(), "{leaks:#?}");
+}
+
+#[test]
+fn over_broad_patterns_stop_start_up() {
+    let handler = guests().reach.to_str().unwrap();
+    let cache = scratch("outbound-broad");
+    for (pattern, why) in [
+        ("http://*:*", "would allow every upstream"),
+        ("http://0.0.0.0/0:*", "127.0.0.0/8, loopback"),
+    ] {
+        let (ok, stderr) = run_to_exit(&[
+            "serve",
+            handler,
+            "--addr",
+            "127.0.0.1:0",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--allow-outbound",
+            pattern,
+        ]);
+        assert!(
+            !ok && stderr.contains(&format!("--allow-outbound `{pattern}`"))
+                && stderr.contains(why),
+            "{pattern}: {stderr}"
+        );
+    }
 }

@@ -3,11 +3,18 @@
 //! worker, with the guest's timeouts capped by flags and a cap on requests
 //! in flight. wasmtime-wasi-http hands every request the guest sends to
 //! `Outbound::send` (through the store's hooks, component.rs).
+//!
+//! A URL with credentials (`http://user:password@host/`) is refused:
+//! wasmtime-wasi-http builds the Host header from the whole authority, so
+//! they would go upstream as `Host: user:password@host`, and RFC 9110
+//! (section 4.2.4) deprecates them. Logs show every URL through
+//! [`Redacted`], which hides any userinfo.
 
 mod body;
 mod connector;
 pub mod policy;
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,19 +85,29 @@ impl Outbound {
         options: Option<RequestOptions>,
     ) -> wasmtime_wasi_http::Result<Sent> {
         let uri = req.uri().clone();
+        let url = Redacted(&uri);
         let scheme = match uri.scheme_str() {
             Some("https") => Scheme::Https,
             Some("http") => Scheme::Http,
             _ => return Err(Error::HttpProtocolError),
         };
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            tracing::warn!(
+                %url,
+                "outbound request to {url} refused: the URL carries credentials \
+                 (user:password@), which would reach the upstream in its Host header; \
+                 send them in an Authorization header"
+            );
+            return Err(Error::HttpRequestUriInvalid);
+        }
         let host = uri.host().ok_or(Error::HttpRequestUriInvalid)?;
         let port = uri.port_u16().unwrap_or(scheme.default_port());
         let client = match &self.client {
             Some(c) if self.allow.allows_url(scheme, host, port) => c,
             _ => {
                 tracing::warn!(
-                    url = %uri,
-                    "outbound request to {uri} denied: not on the allow-list \
+                    %url,
+                    "outbound request to {url} denied: not on the allow-list \
                      (grant it with --allow-outbound {}://{host}:{port})",
                     scheme.as_str()
                 );
@@ -110,8 +127,8 @@ impl Outbound {
             .await
             .map_err(|_| {
                 tracing::warn!(
-                    url = %uri,
-                    "outbound request to {uri} refused: {} requests already in flight \
+                    %url,
+                    "outbound request to {url} refused: {} requests already in flight \
                      (--max-outbound)",
                     self.grant.max_in_flight
                 );
@@ -122,9 +139,9 @@ impl Outbound {
         // Time to first byte, counted from the start: connecting included.
         let resp = match tokio::time::timeout(first_byte, sent).await {
             Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(self.failed(&uri, scheme, port, &e)),
+            Ok(Err(e)) => return Err(self.failed(url, scheme, port, &e)),
             Err(_) => {
-                tracing::info!(url = %uri, "outbound request to {uri}: no response within {first_byte:?}");
+                tracing::info!(%url, "outbound request to {url}: no response within {first_byte:?}");
                 return Err(Error::ConnectionReadTimeout);
             }
         };
@@ -135,7 +152,7 @@ impl Outbound {
     /// The WASI error code for a failed request, with one log line.
     fn failed(
         &self,
-        uri: &http::Uri,
+        url: Redacted<'_>,
         scheme: Scheme,
         port: u16,
         e: &hyper_util::client::legacy::Error,
@@ -146,8 +163,8 @@ impl Outbound {
                 return match c {
                     ConnectError::Denied { host, ip } => {
                         tracing::warn!(
-                            url = %uri,
-                            "outbound request to {uri} denied: {host} resolves to {ip}, an \
+                            %url,
+                            "outbound request to {url} denied: {host} resolves to {ip}, an \
                              internal address (grant it explicitly with --allow-outbound {}://{}:{port})",
                             scheme.as_str(),
                             if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() }
@@ -155,7 +172,7 @@ impl Outbound {
                         Error::HttpRequestDenied
                     }
                     ConnectError::Dns(why) => {
-                        tracing::info!(url = %uri, "outbound request to {uri}: {c}");
+                        tracing::info!(%url, "outbound request to {url}: {c}");
                         Error::DnsError {
                             rcode: Some(why.clone()),
                             info_code: None,
@@ -167,14 +184,14 @@ impl Outbound {
                 };
             }
             if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-                tracing::info!(url = %uri, "outbound request to {uri}: TLS failed: {tls}");
+                tracing::info!(%url, "outbound request to {url}: TLS failed: {tls}");
                 return match tls {
                     rustls::Error::InvalidCertificate(_) => Error::TlsCertificateError,
                     _ => Error::TlsProtocolError,
                 };
             }
             if let Some(h) = err.downcast_ref::<hyper::Error>() {
-                tracing::info!(url = %uri, "outbound request to {uri} failed: {h}");
+                tracing::info!(%url, "outbound request to {url} failed: {h}");
                 return if h.is_incomplete_message() || h.is_closed() {
                     Error::ConnectionTerminated
                 } else {
@@ -191,8 +208,29 @@ impl Outbound {
                 None => err.source(),
             };
         }
-        tracing::info!(url = %uri, "outbound request to {uri} failed: {e:?}");
+        tracing::info!(%url, "outbound request to {url} failed: {e:?}");
         Error::InternalError(Some(e.to_string()))
+    }
+}
+
+/// A URL as logs show it: any userinfo (`user:password@`) becomes `***@`.
+#[derive(Clone, Copy)]
+struct Redacted<'a>(&'a http::Uri);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let uri = self.0;
+        let Some((_, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+            return write!(f, "{uri}");
+        };
+        if let Some(scheme) = uri.scheme_str() {
+            write!(f, "{scheme}://")?;
+        }
+        write!(f, "***@{host}{}", uri.path())?;
+        match uri.query() {
+            Some(query) => write!(f, "?{query}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -224,4 +262,25 @@ fn tls_config(extra_ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_urls_hide_credentials() {
+        for (url, shown) in [
+            (
+                "http://user:pw@example.com:8080/a?b=c",
+                "http://***@example.com:8080/a?b=c",
+            ),
+            ("https://token@example.com", "https://***@example.com/"),
+            ("http://example.com/a?b", "http://example.com/a?b"),
+            ("http://[::1]:8080/", "http://[::1]:8080/"),
+        ] {
+            let uri: http::Uri = url.parse().unwrap();
+            assert_eq!(Redacted(&uri).to_string(), shown, "{url}");
+        }
+    }
 }

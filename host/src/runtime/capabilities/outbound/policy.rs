@@ -9,13 +9,20 @@
 //! The URL check alone is not enough: an allowed name may resolve to
 //! 127.0.0.1 or 10.x (by mistake or by DNS rebinding). So every address a
 //! connection is about to use is checked too, and one that is loopback,
-//! private, link-local, unspecified or otherwise not public is refused
-//! unless a pattern names that address or its range explicitly.
+//! private, link-local, unspecified or otherwise not public ([`INTERNAL`])
+//! is refused unless a pattern names that address or its range explicitly.
+//!
+//! Hence a pattern may not be broader than the operator can mean: a host of
+//! `*` (every upstream), or a range that holds internal addresses along with
+//! public ones (`0.0.0.0/0`, `::/0`, `100.0.0.0/8`), is refused whatever its
+//! scheme and port. A range wholly inside the internal ones (`10.0.0.0/8`)
+//! is the explicit grant.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::LazyLock;
 
 use anyhow::{Result, bail, ensure};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Host {
@@ -166,10 +173,48 @@ fn parse_pattern(spec: &str) -> Result<Pattern> {
         );
         Host::Name(host.to_ascii_lowercase())
     };
-    if scheme.is_none() && port == Some(0) && matches!(host, Host::AnyName) {
-        bail!("`*://*` would allow every upstream: name the hosts");
+    match &host {
+        Host::AnyName => bail!("a host of `*` would allow every upstream: name the hosts"),
+        Host::Net(net) => {
+            if let Some(internal) = mixed(net) {
+                bail!(
+                    "the range {net} would allow internal addresses ({}, {}) along with \
+                     public ones: grant internal ranges in patterns of their own",
+                    internal.net,
+                    internal.what
+                );
+            }
+        }
+        Host::Name(_) | Host::Subdomains(_) => {}
     }
     Ok(Pattern { scheme, host, port })
+}
+
+/// When `net` holds both internal and public addresses, an internal range
+/// inside it (the first of [`INTERNAL`], so loopback when there is one).
+fn mixed(net: &IpNet) -> Option<&'static Internal> {
+    if all_internal(net) {
+        return None;
+    }
+    INTERNAL.iter().find(|r| net.contains(&r.net))
+}
+
+/// Whether every address of `net` is internal. CIDR ranges are nested or
+/// disjoint, so `net` is either inside one internal range, or disjoint from
+/// all of them (all public), or holds some: then each half is judged.
+fn all_internal(net: &IpNet) -> bool {
+    let mut holds_some = false;
+    for r in INTERNAL.iter() {
+        if r.net.contains(net) {
+            return true;
+        }
+        holds_some |= net.contains(&r.net);
+    }
+    holds_some
+        && net.prefix_len() < net.max_prefix_len()
+        && net
+            .subnets(net.prefix_len() + 1)
+            .is_ok_and(|mut halves| halves.all(|half| all_internal(&half)))
 }
 
 fn is_net_with_port(s: &str) -> bool {
@@ -202,38 +247,72 @@ fn split_port(s: &str) -> Result<(&str, Option<u16>)> {
     Ok((host, port))
 }
 
-/// Addresses on the public internet; everything else (loopback, private,
-/// link-local, unspecified, shared, documentation, multicast, ...) is the
-/// operator's own network or nowhere.
+/// Addresses on the public internet: those in no [`INTERNAL`] range.
 fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
-                || (a == 198 && (18..20).contains(&b)) // benchmarking
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
-                || first == 0x2001 && v6.segments()[1] == 0xdb8 // documentation
-                || first == 0x0064 && v6.segments()[1] == 0xff9b) // NAT64
+    !INTERNAL.iter().any(|r| r.net.contains(&ip))
+}
+
+/// A range that is the operator's own network or nowhere, and what it is.
+struct Internal {
+    net: IpNet,
+    what: String,
+}
+
+/// IPv4 ranges that are not the public internet. Loopback first: the range
+/// an over-broad pattern's error names when it holds it.
+const INTERNAL_V4: [(&str, &str); 14] = [
+    ("127.0.0.0/8", "loopback"),
+    ("0.0.0.0/8", "this network, unspecified"),
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "shared address space (CGNAT)"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation"),
+    ("192.168.0.0/16", "private"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved, broadcast"),
+];
+
+/// IPv6 ranges that are not the public internet, besides those that embed
+/// an internal IPv4 address.
+const INTERNAL_V6: [(&str, &str); 8] = [
+    ("::1/128", "loopback"),
+    ("::/128", "unspecified"),
+    ("64:ff9b::/32", "NAT64"),
+    ("2001:db8::/32", "documentation"),
+    ("fc00::/7", "unique local"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local, deprecated"),
+    ("ff00::/8", "multicast"),
+];
+
+/// Every internal range: the tables above, and each internal IPv4 range as
+/// IPv6 embeds it (IPv4-mapped `::ffff:0:0/96`, IPv4-compatible `::/96`,
+/// 6to4 `2002::/16`), so an embedded address is judged by its IPv4 one.
+static INTERNAL: LazyLock<Vec<Internal>> = LazyLock::new(|| {
+    let mut table = Vec::new();
+    let mut push = |net: IpNet, what: String| table.push(Internal { net, what });
+    for (net, what) in INTERNAL_V4.into_iter().chain(INTERNAL_V6) {
+        push(net.parse().expect("a range"), what.to_string());
+    }
+    for (net, what) in INTERNAL_V4 {
+        let net: Ipv4Net = net.parse().expect("a range");
+        let (bits, len) = (u128::from(net.addr().to_bits()), net.prefix_len());
+        for (embedded, len, how) in [
+            ((0xffff << 32) | bits, 96 + len, "IPv4-mapped"),
+            (bits, 96 + len, "IPv4-compatible"),
+            ((0x2002 << 112) | (bits << 80), 16 + len, "6to4"),
+        ] {
+            let net = Ipv6Net::new(Ipv6Addr::from_bits(embedded), len).expect("a prefix");
+            push(net.into(), format!("{what}, {how}"));
         }
     }
-}
+    table
+});
 
 #[cfg(test)]
 mod tests {
@@ -316,10 +395,72 @@ mod tests {
             ("https://*.", "wildcard"),
             ("https://ex ample.com", "not a host name"),
             ("*://*", "every upstream"),
+            ("*://*:*", "every upstream"),
+            ("http://*:*", "every upstream"),
+            ("https://*", "every upstream"),
+            ("http://*:8080", "every upstream"),
+            ("http://0.0.0.0/0:*", "127.0.0.0/8"),
+            ("*://0.0.0.0/0", "127.0.0.0/8"),
+            ("http://0.0.0.0/1:*", "127.0.0.0/8"),
+            ("http://::/0", "::1/128"),
+            ("http://100.0.0.0/8", "100.64.0.0/10"),
+            ("http://::ffff:0:0/96", "IPv4-mapped"),
+            ("http://::/96", "::1/128, loopback"),
+            ("http://2002::/16", "6to4"),
         ] {
             let err = AllowList::parse(&[spec.to_string()]).unwrap_err();
             let text = format!("{err:#}");
             assert!(text.contains(why) && text.contains(spec), "{spec}: {text}");
         }
+    }
+
+    #[test]
+    fn ranges_all_public_or_all_internal_are_explicit_grants() {
+        let l = list(&[
+            "http://10.0.0.0/8:*",
+            "http://93.184.216.0/24",
+            "http://fe80::/9",
+            "http://::ffff:127.0.0.0/104",
+            "http://224.0.0.0/3",
+            "http://[::1]:8080",
+        ]);
+        assert!(l.allows_address(Scheme::Http, 9000, "10.9.8.7".parse().unwrap()));
+        assert!(l.allows_address(Scheme::Http, 80, "fec0::1".parse().unwrap()));
+        assert!(l.allows_url(Scheme::Http, "93.184.216.34", 80));
+    }
+
+    #[test]
+    fn embedded_ipv4_and_site_local_addresses_are_internal() {
+        let names = list(&["https://*.example.com"]);
+        for ip in [
+            // IPv4-compatible (::/96), judged by the IPv4 address.
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::169.254.169.254",
+            // IPv4-mapped.
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            // 6to4 (2002::/16): 127.0.0.1, 10.0.0.1, 192.168.1.1.
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:c0a8:101::1",
+            // Site-local (deprecated).
+            "fec0::1",
+            "feff::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(!names.allows_address(Scheme::Https, 443, ip), "{ip}");
+        }
+        for ip in [
+            "::93.184.216.34",
+            "::ffff:93.184.216.34",
+            "2002:5db8:d822::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(names.allows_address(Scheme::Https, 443, ip), "{ip}");
+        }
+        // An explicit grant of the embedded range still works.
+        let granted = list(&["http://[::127.0.0.1]:8080"]);
+        assert!(granted.allows_address(Scheme::Http, 8080, "::127.0.0.1".parse().unwrap()));
     }
 }
