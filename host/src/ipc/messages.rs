@@ -38,6 +38,9 @@ pub enum ToPrimary {
     Accepted { ids: Vec<u64> },
     /// Loading failed; the worker exits after sending this.
     Failed { error: String },
+    /// The artifact on disk is not what its version was compiled to (its
+    /// digest differs): the primary compiles it again. The worker exits.
+    ArtifactDamaged { error: String },
     /// `version` passed its smoke check and serves new requests now.
     Loaded { version: String },
     /// `version` was refused; the worker goes on with what it had.

@@ -28,6 +28,7 @@ use nix::sys::signal::Signal;
 
 use crate::cli::WorkerArgs;
 use crate::ipc::{self, Channel, ToPrimary, ToWorker};
+use crate::runtime::artifact::cache::DamagedArtifact;
 use crate::runtime::artifact::engine::{Allocation, Engines};
 use crate::runtime::capabilities::Capabilities;
 use crate::runtime::guest::{Handler, InstancePolicy, Strategy};
@@ -90,7 +91,12 @@ async fn run(fd: OwnedFd) -> Result<()> {
         Ok(h) => h,
         Err(e) => {
             let error = format!("{e:#}");
-            chan.send(&ToPrimary::Failed { error }, None).await.ok();
+            let msg = if e.chain().any(|c| c.is::<DamagedArtifact>()) {
+                ToPrimary::ArtifactDamaged { error }
+            } else {
+                ToPrimary::Failed { error }
+            };
+            chan.send(&msg, None).await.ok();
             return Err(e);
         }
     };

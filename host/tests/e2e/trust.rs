@@ -163,6 +163,44 @@ fn a_planted_artifact_is_refused_and_a_damaged_one_is_rebuilt() {
 }
 
 #[test]
+fn an_artifact_damaged_while_serving_is_rebuilt_for_the_next_worker() {
+    let (cache, artifact) = cached_artifact("damaged-live");
+    let mut server = Server::start_with_cache(&guests().hello, &["--workers", "2"], &cache);
+    // The cached file is replaced by damaged bytes (a new file: the running
+    // workers keep the code they mapped).
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 4096] {
+        *b = 0xcc;
+    }
+    let damaged = artifact.with_extension("damaged");
+    std::fs::write(&damaged, &bytes).unwrap();
+    std::fs::rename(&damaged, &artifact).unwrap();
+    // A worker dies; its replacement finds the damage, the primary compiles
+    // the handler again, and the slot fills without a crash loop.
+    let (_, victim) = server.worker_pids()[1];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    server.wait_for_line(Duration::from_secs(30), |l| {
+        l.contains("compiling the handler again")
+    });
+    let s = server.wait_for_status(|s| {
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["state"] == "ready")
+    });
+    let restarts = s["workers"][1]["restarts"].as_u64().unwrap();
+    assert!(restarts <= 2, "{restarts} restarts: {s:#}");
+    assert_ne!(
+        std::fs::read(&artifact).unwrap(),
+        bytes,
+        "it was not rebuilt"
+    );
+    assert_eq!(get(&fresh_client(), &server.url("/")).unwrap().0, 200);
+}
+
+#[test]
 fn the_compiled_bytes_are_the_hashed_bytes() {
     let g = guests();
     let dir = scratch("exact-bytes");

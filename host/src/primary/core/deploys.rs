@@ -34,6 +34,10 @@ pub(super) struct Deploys {
     pub(super) roll: Option<Roll>,
     /// A trigger arrived while busy: read the file again afterwards.
     again: bool,
+    /// The compile running was started because a worker found the live
+    /// artifact damaged: no worker is spawned until it ends, so none loads
+    /// the damaged file.
+    pub(super) repairing: bool,
     again_waiters: Vec<ControlId>,
     last: DeployOutcome,
     history: VecDeque<DeployOutcome>,
@@ -77,6 +81,7 @@ impl Deploys {
             next_job: 1,
             roll: None,
             again: false,
+            repairing: false,
             again_waiters: Vec::new(),
             history: VecDeque::from([last.clone()]),
             last,
@@ -153,6 +158,7 @@ impl Core {
             return;
         }
         let compiling = d.compiling.take().expect("checked above");
+        d.repairing = false;
         if d.again {
             // The file changed again while this compiled: what was read may
             // be half of a write. Read it again instead of rolling this.
@@ -178,6 +184,12 @@ impl Core {
                     && self.all_ready_on(&target.version) =>
             {
                 tracing::info!(version = %target.version, "handler unchanged: nothing to deploy");
+                if target.digest != self.deploys.current.digest {
+                    // The same code, its artifact rebuilt (it was damaged):
+                    // new workers load the new file.
+                    tracing::info!(version = %target.version, "artifact rebuilt");
+                    self.deploys.current = target.clone();
+                }
                 let outcome = DeployOutcome {
                     kind: DeployKind::Deploy,
                     version: Some(target.version),

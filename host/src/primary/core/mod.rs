@@ -285,9 +285,13 @@ impl Core {
             Phase::Draining { kill_at } => Some(kill_at),
             _ => None,
         };
-        self.slots
+        // While an artifact is rebuilt, respawns wait for `Compiled`.
+        let respawns = self
+            .slots
             .iter()
             .filter_map(|s| s.respawn_at)
+            .filter(|_| !self.deploys.repairing);
+        respawns
             .chain(draining)
             .chain(self.deploys.deadline())
             .chain(self.debounce_until)
@@ -384,6 +388,24 @@ impl Core {
                     )));
                 } else {
                     self.worker_gone(now, worker, Gone::ChannelClosed);
+                }
+            }
+            ToPrimary::ArtifactDamaged { error } => {
+                tracing::error!(
+                    worker = worker.index,
+                    "worker found the artifact damaged: {error}; compiling the handler again"
+                );
+                if self.phase == Phase::Starting {
+                    self.exit_now(Err(format!(
+                        "worker {} could not load the handler: {error}",
+                        worker.index
+                    )));
+                } else {
+                    // The cache checks every artifact it hands out and
+                    // rebuilds a damaged one; the replacement waits for it.
+                    self.deploys.repairing = true;
+                    self.worker_gone(now, worker, Gone::ChannelClosed);
+                    self.trigger(now, None);
                 }
             }
             ToPrimary::Loaded { version } => {

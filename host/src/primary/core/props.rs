@@ -323,6 +323,8 @@ enum Step {
     Deliver(usize),
     /// The worker owing this hangs: it never answers again.
     Hang(usize),
+    /// The worker owing this `Ready` finds its artifact damaged instead.
+    Damage(usize),
     Kill(usize),
     WriteFile(&'static str),
     Reload,
@@ -339,6 +341,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => Just(Step::Accept),
         8 => any::<usize>().prop_map(Step::Deliver),
         1 => any::<usize>().prop_map(Step::Hang),
+        1 => any::<usize>().prop_map(Step::Damage),
         2 => any::<usize>().prop_map(Step::Kill),
         2 => prop::sample::select(vec!["v1", "v2", "v3", BAD, GARBAGE]).prop_map(Step::WriteFile),
         2 => Just(Step::Reload),
@@ -373,6 +376,24 @@ fn run(world: &mut World, steps: &[Step]) {
                     if let Some(p) = world.procs.get_mut(&w) {
                         p.hung = true;
                     }
+                }
+            }
+            Step::Damage(i) => {
+                let starting: Vec<usize> = (0..world.owed.len())
+                    .filter(|&k| matches!(world.owed[k], Owed::Ready(_)))
+                    .collect();
+                if let Some(&k) = starting.get(i % starting.len().max(1)) {
+                    let Owed::Ready(w) = world.owed.remove(k) else {
+                        unreachable!("filtered above")
+                    };
+                    world.input(Input::Spawned { worker: w, pid: 1 });
+                    world.input(Input::FromWorker(
+                        w,
+                        ToPrimary::ArtifactDamaged {
+                            error: "does not match the digest".into(),
+                        },
+                    ));
+                    world.kill(w);
                 }
             }
             Step::Kill(i) => {

@@ -192,6 +192,49 @@ fn a_worker_failing_at_start_up_ends_the_primary_with_its_error() {
 }
 
 #[test]
+fn a_damaged_artifact_is_compiled_again_and_replacements_load_the_new_file() {
+    let mut sim = Sim::running(2);
+    let w = sim.worker(1);
+    let fx = sim.input(Input::FromWorker(
+        w,
+        ToPrimary::ArtifactDamaged {
+            error: "does not match the digest".into(),
+        },
+    ));
+    assert!(fx.contains(&Effect::Kill(w)), "{fx:?}");
+    let job = compile_job(&fx).expect("the handler is compiled again");
+    // No replacement loads the damaged file while it is rebuilt.
+    let spawned = |fx: &[Effect]| {
+        fx.iter().find_map(|e| match e {
+            Effect::Spawn { worker, artifact } if worker.index == 1 => Some(artifact.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(spawned(&fx), None);
+    assert_eq!(spawned(&sim.advance(Duration::from_secs(5))), None);
+    assert!(
+        sim.core.poll_timeout().unwrap() > sim.now,
+        "the shell would spin"
+    );
+    // The cache rebuilt the file: the same version, other bytes.
+    let rebuilt = Artifact {
+        digest: "digest-of-the-rebuilt-v1".into(),
+        ..artifact("v1")
+    };
+    let fx = sim.input(Input::Compiled {
+        job,
+        result: Ok(rebuilt.clone()),
+    });
+    assert_eq!(load(&fx), None, "the same version is not rolled again");
+    assert_eq!(sim.core.deploys.current(), &rebuilt);
+    assert_eq!(
+        spawned(&fx),
+        Some(rebuilt),
+        "the replacement loads the new file"
+    );
+}
+
+#[test]
 fn connections_go_round_robin_and_are_held_until_acknowledged() {
     let mut sim = Sim::running(2);
     let mut targets = Vec::new();

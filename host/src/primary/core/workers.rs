@@ -126,6 +126,9 @@ impl Core {
         while self.slots.len() < self.target {
             self.slots.push(Slot::new(now));
         }
+        if self.deploys.repairing {
+            return;
+        }
         for index in 0..self.target {
             let s = &self.slots[index];
             if s.state == WorkerState::Exited && s.respawn_at.is_none() {
@@ -159,7 +162,7 @@ impl Core {
     }
 
     pub(super) fn respawn_due(&mut self, now: Instant) {
-        if self.phase != Phase::Running {
+        if self.phase != Phase::Running || self.deploys.repairing {
             return;
         }
         for index in 0..self.slots.len() {

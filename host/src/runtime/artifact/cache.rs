@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 /// Refuses an artifact that is not a regular file of ours, unwritable by
@@ -74,14 +74,29 @@ pub fn verify_artifact(path: &Path, expected: Option<&str>) -> Result<String> {
         }
     };
     let actual = digest_file(path)?;
-    ensure!(
-        actual == expected,
-        "cached artifact `{}` does not match the digest recorded when it was written \
-         (corrupted or replaced); refused",
-        path.display()
-    );
+    if actual != expected {
+        return Err(DamagedArtifact(path.to_path_buf()).into());
+    }
     Ok(actual)
 }
+
+/// An artifact whose bytes are not the ones its version was compiled to:
+/// typed, so a worker can ask the primary to compile it again.
+#[derive(Debug)]
+pub struct DamagedArtifact(pub PathBuf);
+
+impl std::fmt::Display for DamagedArtifact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cached artifact `{}` does not match the digest recorded when it was written \
+             (corrupted or replaced); refused",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for DamagedArtifact {}
 
 #[cfg(test)]
 mod tests {
