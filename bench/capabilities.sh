@@ -77,7 +77,7 @@ run() { # name backend-flags path
 upstream="http%3A%2F%2F127.0.0.1%3A$up_port%2F"
 rows=()
 rows+=("$(run baseline "" "/config?key=greeting")")
-rows+=("$(run kv-sqlite "" "/get?key=k")")
+rows+=("$(run kv-sqlite "--keyvalue sqlite" "/get?key=k")")
 rows+=("$(run kv-redis "--keyvalue redis://127.0.0.1:$redis_port" "/get?key=k")")
 rows+=("$(run outbound "" "/fetch?url=$upstream")")
 

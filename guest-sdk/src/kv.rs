@@ -2,8 +2,9 @@
 //!
 //! A handler instance lives for one request, so anything that must outlast
 //! it (a counter, a session, a cache) goes to the host's store. On wcluster
-//! that is `--keyvalue sqlite` (one file shared by every worker, the
-//! default) or `--keyvalue redis://HOST:PORT` (shared by every node).
+//! that is `--keyvalue sqlite` (one file shared by every worker) or
+//! `--keyvalue redis://HOST:PORT` (shared by every node); without the flag
+//! the store is not granted and every operation fails.
 //!
 //! A [`Bucket`] is a namespace of keys with byte values. On wcluster `""`
 //! and `"default"` name the same default bucket; `wasmtime serve -S

@@ -199,14 +199,25 @@ pub struct CapabilityArgs {
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
-    /// The wasi:keyvalue backend: `sqlite` (a database in --state-dir, shared
-    /// by every worker) or redis://HOST:PORT[/DB] (shared by every node).
+    /// Largest --config-file accepted; a larger one refuses the deploy.
+    #[arg(long, default_value = "1MiB")]
+    pub max_config_size: ByteSize,
+
+    /// Grant guests wasi:keyvalue (off unless given), kept in `sqlite` (the
+    /// embedded backend: a database in --state-dir, shared by every worker)
+    /// or in Redis, redis://[:PASSWORD@]HOST:PORT[/DB] (shared by every
+    /// node). A password on the command line is visible in `ps`: pass a
+    /// secret URL as `redis-url-file:PATH` (the URL is the file's first
+    /// line; keep the file 0600) or in the environment variable
+    /// WCLUSTER_KEYVALUE_URL instead of this flag. Messages and logs show
+    /// the URL with its credentials replaced by `***`.
     #[arg(
         long,
-        default_value = "sqlite",
-        value_name = "sqlite|redis://HOST:PORT[/DB]"
+        env = "WCLUSTER_KEYVALUE_URL",
+        hide_env_values = true,
+        value_name = "sqlite|redis://HOST:PORT[/DB]|redis-url-file:PATH"
     )]
-    pub keyvalue: String,
+    pub keyvalue: Option<String>,
 
     /// Where the SQLite key-value database lives (default: beside the cache
     /// directory, named after it with `-state`).
@@ -221,9 +232,25 @@ pub struct CapabilityArgs {
     #[arg(long, default_value = "1MiB")]
     pub keyvalue_max_value: ByteSize,
 
-    /// Longest time one key-value operation may take before the guest gets an error.
+    /// Longest time one key-value operation may take before the guest gets
+    /// an error. An operation past it is cancelled (SQLite: its statement is
+    /// interrupted and its transaction rolled back), or never started.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub keyvalue_timeout: Duration,
+
+    /// Most keys one get-many, set-many or delete-many may carry.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub keyvalue_max_batch: usize,
+
+    /// Most bytes (keys and values) one get-many, set-many or delete-many may
+    /// carry, the values get-many returns included.
+    #[arg(long, default_value = "4MiB")]
+    pub keyvalue_max_batch_bytes: ByteSize,
+
+    /// Size of the whole store (SQLite: the database; Redis: the keys and
+    /// values wcluster wrote); a write beyond it is refused.
+    #[arg(long, default_value = "256MiB")]
+    pub keyvalue_max_bytes: ByteSize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -158,6 +158,7 @@ impl Config {
                     .map(|c| parse_config_flag(c))
                     .collect::<Result<_>>()?,
                 file: args.caps.config_file.clone(),
+                max_file_size: args.caps.max_config_size.as_u64(),
             },
             keyvalue: keyvalue_grant(&args.caps, &cache_dir)?,
         };
@@ -303,7 +304,16 @@ fn outbound_grant(caps: &CapabilityArgs) -> Result<OutboundGrant> {
 }
 
 fn keyvalue_grant(caps: &CapabilityArgs, cache_dir: &Path) -> Result<KeyValueGrant> {
-    let backend = if caps.keyvalue == "sqlite" {
+    let spec = match caps.keyvalue.as_deref() {
+        Some(spec) => match spec.strip_prefix("redis-url-file:") {
+            Some(file) => read_url_file(Path::new(file))?,
+            None => spec.to_string(),
+        },
+        None => String::new(),
+    };
+    let backend = if caps.keyvalue.is_none() {
+        KeyValueBackend::Off
+    } else if spec == "sqlite" {
         let dir = match &caps.state_dir {
             Some(d) => d.clone(),
             None => {
@@ -317,31 +327,76 @@ fn keyvalue_grant(caps: &CapabilityArgs, cache_dir: &Path) -> Result<KeyValueGra
         crate::files::private_dir(&dir, "state directory", "--state-dir")?;
         let file = dir.canonicalize()?.join("keyvalue.sqlite3");
         KeyValueBackend::Sqlite(file)
-    } else if caps.keyvalue.starts_with("redis://") || caps.keyvalue.starts_with("rediss://") {
-        redis::Client::open(caps.keyvalue.as_str())
-            .with_context(|| format!("--keyvalue `{}`", caps.keyvalue))?;
-        KeyValueBackend::Redis(caps.keyvalue.clone())
+    } else if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+        redis::Client::open(spec.as_str())
+            .with_context(|| format!("--keyvalue `{}`", worker::redact_url(&spec)))?;
+        KeyValueBackend::Redis(spec)
     } else {
         bail!(
-            "--keyvalue `{}`: expected `sqlite` or redis://HOST:PORT[/DB]",
-            caps.keyvalue
+            "--keyvalue `{}`: expected `sqlite`, redis://HOST:PORT[/DB] or redis-url-file:PATH",
+            worker::redact_url(&spec)
         );
     };
     for (flag, size) in [
         ("--keyvalue-max-key", caps.keyvalue_max_key),
         ("--keyvalue-max-value", caps.keyvalue_max_value),
+        ("--keyvalue-max-batch-bytes", caps.keyvalue_max_batch_bytes),
     ] {
         ensure!(
             (1..=512 << 20).contains(&size.as_u64()),
             "{flag} must be between 1B and 512MiB"
         );
     }
+    ensure!(
+        (1..=1_000_000).contains(&caps.keyvalue_max_batch),
+        "--keyvalue-max-batch must be between 1 and 1000000"
+    );
+    ensure!(
+        caps.keyvalue_max_bytes.as_u64() >= 64 << 10,
+        "--keyvalue-max-bytes must be at least 64KiB"
+    );
     Ok(KeyValueGrant {
         backend,
         max_key: caps.keyvalue_max_key.as_u64() as usize,
         max_value: caps.keyvalue_max_value.as_u64() as usize,
         timeout: caps.keyvalue_timeout,
+        max_batch: caps.keyvalue_max_batch,
+        max_batch_bytes: caps.keyvalue_max_batch_bytes.as_u64(),
+        max_bytes: caps.keyvalue_max_bytes.as_u64(),
     })
+}
+
+/// `--keyvalue redis-url-file:PATH`: the URL is the file's first line, so
+/// its password is in no process's arguments. Never echoed.
+fn read_url_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let what = || format!("--keyvalue redis-url-file:{}", path.display());
+    let file = std::fs::File::open(path).with_context(what)?;
+    let meta = file.metadata().with_context(what)?;
+    ensure!(meta.is_file(), "{}: not a regular file", what());
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(
+            "{}: other users may read it (mode {:o}); run `chmod 600 {}`",
+            what(),
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    let mut text = String::new();
+    file.take(64 << 10)
+        .read_to_string(&mut text)
+        .with_context(what)?;
+    let url = text.lines().map(str::trim).find(|l| !l.is_empty());
+    match url {
+        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            Ok(url.to_string())
+        }
+        _ => bail!(
+            "{}: expected a redis:// or rediss:// URL on its first line",
+            what()
+        ),
+    }
 }
 
 fn parse_dir(spec: &str) -> Result<DirGrant> {

@@ -86,14 +86,47 @@ impl Default for OutboundGrant {
 pub struct ConfigGrant {
     pub vars: Vec<(String, String)>,
     pub file: Option<PathBuf>,
+    /// --max-config-size: a larger file refuses the deploy.
+    pub max_file_size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub enum KeyValueBackend {
+    /// Not granted (no --keyvalue): every operation fails, naming the flag.
+    Off,
     /// The database file.
     Sqlite(PathBuf),
-    /// redis://HOST:PORT[/DB]
+    /// redis://[:PASSWORD@]HOST:PORT[/DB]: a secret, never shown as it is.
     Redis(String),
+}
+
+/// The Redis URL with its credentials replaced, should a grant be printed.
+impl std::fmt::Debug for KeyValueBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("Off"),
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Redis(url) => f.debug_tuple("Redis").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+/// `url` fit to show: what precedes the last `@` after `scheme://` (user and
+/// password) becomes `***`, and so does a query (`?...`), which may hold a
+/// password too. Without `://`, whatever precedes an `@` is hidden all the same.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let (hidden, rest) = match rest.rfind('@') {
+        Some(at) => ("***", &rest[at..]),
+        None => ("", rest),
+    };
+    match rest.split_once('?') {
+        Some((rest, _)) => format!("{scheme}{hidden}{rest}?***"),
+        None => format!("{scheme}{hidden}{rest}"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,15 +136,24 @@ pub struct KeyValueGrant {
     pub max_value: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Keys in one get-many, set-many or delete-many.
+    pub max_batch: usize,
+    /// Bytes (keys and values) one batch carries, either way.
+    pub max_batch_bytes: u64,
+    /// The whole store's size.
+    pub max_bytes: u64,
 }
 
 impl Default for KeyValueGrant {
     fn default() -> Self {
         Self {
-            backend: KeyValueBackend::Sqlite(PathBuf::from("keyvalue.sqlite3")),
+            backend: KeyValueBackend::Off,
             max_key: 1024,
             max_value: 1 << 20,
             timeout: Duration::from_secs(2),
+            max_batch: 1000,
+            max_batch_bytes: 4 << 20,
+            max_bytes: 256 << 20,
         }
     }
 }

@@ -24,7 +24,13 @@ pub struct Deployer {
 impl Deployer {
     /// Loads and checks a handler without putting it in service.
     pub async fn prepare(&self, version: &Version) -> Result<Handler> {
-        let handler = Handler::load(&self.engines, version, self.caps.clone(), self.policy)?;
+        // Loading reads files (the config file, the whole artifact for its
+        // digest) and maps code: off the event loop that serves requests.
+        let (engines, caps, policy) = (self.engines.clone(), self.caps.clone(), self.policy);
+        let owned = version.clone();
+        let handler =
+            tokio::task::spawn_blocking(move || Handler::load(&engines, &owned, caps, policy))
+                .await??;
         handler
             .smoke_check(&self.smoke.path, self.smoke.timeout)
             .await?;

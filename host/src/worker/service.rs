@@ -17,7 +17,7 @@ use super::admission::{Refused, Requests};
 use super::metrics::Counters;
 use crate::config::RequestLimits;
 use crate::ipc::ToPrimary;
-use crate::runtime::guest::{GuestError, Handler};
+use crate::runtime::guest::{BodyError, GuestError, Handler};
 
 pub struct WorkerCtx {
     pub index: usize,
@@ -183,6 +183,19 @@ async fn respond(
                     limits.timeout
                 ),
             )
+        }
+        Err(GuestError::RequestBody(why)) => {
+            tracing::info!(request = %request_id, "request refused: {}", GuestError::RequestBody(why).reason());
+            match why {
+                BodyError::TooLarge => error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over the limit of {} bytes\n", limits.max_body),
+                ),
+                BodyError::Malformed => error(
+                    StatusCode::BAD_REQUEST,
+                    "malformed request body\n".to_string(),
+                ),
+            }
         }
         Err(GuestError::BadGateway(why)) => {
             ctx.counters.guest_failure("bad_gateway");

@@ -2,11 +2,14 @@
 //! The primary reads them once at start-up, so a bad file or key stops it
 //! with a message naming the file and line; each worker reads them again
 //! when it loads a version, so a changed file goes live with the next deploy
-//! (and a file broken meanwhile refuses that deploy).
+//! (and a file broken meanwhile refuses that deploy). The file gets the
+//! handler's treatment: opened without blocking, a regular file only, at
+//! most --max-config-size; workers read it off their event loop
+//! (worker/deploy.rs).
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::config::{ConfigGrant, check_config_key};
@@ -14,7 +17,7 @@ use crate::config::{ConfigGrant, check_config_key};
 /// The values, in order: file first, then flags (a later key wins).
 pub fn values(grant: &ConfigGrant) -> Result<Vec<(String, String)>> {
     let mut out = match &grant.file {
-        Some(path) => read_file(path)?,
+        Some(path) => read_file(path, grant.max_file_size)?,
         None => Vec::new(),
     };
     out.extend(grant.vars.iter().cloned());
@@ -25,9 +28,40 @@ pub fn variables(grant: &ConfigGrant) -> Result<WasiConfigVariables> {
     Ok(values(grant)?.into_iter().collect())
 }
 
-fn read_file(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--config-file `{}`: cannot read it", path.display()))?;
+fn read_file(path: &Path, max: u64) -> Result<Vec<(String, String)>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = || format!("--config-file `{}`: cannot read it", path.display());
+    // Non-blocking: a FIFO would block `open` (and the deploy) forever.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .with_context(cannot)?;
+    // fstat of what was opened: the path may change meanwhile.
+    let meta = file.metadata().with_context(cannot)?;
+    ensure!(
+        meta.is_file(),
+        "--config-file `{}`: not a regular file; refused",
+        path.display()
+    );
+    ensure!(
+        meta.len() <= max,
+        "--config-file `{}`: {} bytes, over the limit of {max} (--max-config-size)",
+        path.display(),
+        meta.len()
+    );
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .with_context(cannot)?;
+    ensure!(
+        bytes.len() as u64 <= max,
+        "--config-file `{}`: grew past the limit of {max} bytes while being read (--max-config-size)",
+        path.display()
+    );
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("--config-file `{}`: not UTF-8 text", path.display()))?;
     // toml's message names the line and column.
     let table: toml::Table = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("--config-file `{}`: {e}", path.display()))?;
@@ -80,6 +114,7 @@ mod tests {
         let grant = ConfigGrant {
             vars: vec![("greeting".into(), "hello=you".into())],
             file: Some(f.path().to_path_buf()),
+            max_file_size: 1 << 20,
         };
         let v = values(&grant).unwrap();
         assert!(v.contains(&("port".into(), "8080".into())));
@@ -94,6 +129,7 @@ mod tests {
         let grant = ConfigGrant {
             vars: vec![],
             file: Some(f.path().to_path_buf()),
+            max_file_size: 1 << 20,
         };
         let err = format!("{:#}", values(&grant).unwrap_err());
         assert!(err.contains(&f.path().display().to_string()), "{err}");
@@ -102,7 +138,34 @@ mod tests {
         let grant = ConfigGrant {
             vars: vec![],
             file: Some(arr.path().to_path_buf()),
+            max_file_size: 1 << 20,
         };
         assert!(format!("{:#}", values(&grant).unwrap_err()).contains("`list` is an array"));
+    }
+
+    #[test]
+    fn only_a_regular_file_within_the_size_limit_is_read() {
+        let grant = |file: &Path, max| ConfigGrant {
+            vars: vec![],
+            file: Some(file.to_path_buf()),
+            max_file_size: max,
+        };
+        let big = file(&format!("k = \"{}\"\n", "v".repeat(2000)));
+        let err = format!("{:#}", values(&grant(big.path(), 1024)).unwrap_err());
+        assert!(
+            err.contains("over the limit of 1024 (--max-config-size)"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            values(&grant(Path::new("/dev/zero"), 1024)).unwrap_err()
+        );
+        assert!(err.contains("not a regular file"), "{err}");
+        // A FIFO with no writer: refused at once instead of blocking open.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = format!("{:#}", values(&grant(&fifo, 1024)).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
     }
 }

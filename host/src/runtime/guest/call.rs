@@ -17,6 +17,35 @@ pub enum GuestError {
     Failed(wasmtime::Error),
     /// A CGI module's output was not a valid response (502).
     BadGateway(String),
+    /// The request body could not be given whole (413 or 400): the guest
+    /// was stopped rather than shown a truncated body as complete.
+    RequestBody(BodyError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than --max-body (a chunked body; a declared length over it
+    /// never reaches a guest).
+    TooLarge,
+    /// The client broke the framing (a bad chunk) or went away mid-body.
+    Malformed,
+}
+
+impl GuestError {
+    /// One line saying why, for the log and a response body's guard.
+    pub fn reason(&self) -> String {
+        match self {
+            GuestError::Timeout => "ran past the request deadline".to_string(),
+            GuestError::Failed(e) => e.root_cause().to_string(),
+            GuestError::BadGateway(why) => why.clone(),
+            GuestError::RequestBody(BodyError::TooLarge) => {
+                "the request body went over --max-body".to_string()
+            }
+            GuestError::RequestBody(BodyError::Malformed) => {
+                "the request body was malformed or cut short".to_string()
+            }
+        }
+    }
 }
 
 /// What a request body must be for a guest to read it (hyper's `Incoming`,
@@ -132,13 +161,9 @@ fn settle(
     outcome: tokio::sync::oneshot::Sender<Result<(), String>>,
 ) -> Result<(), GuestError> {
     on_done();
-    let why = match &result {
-        Ok(()) => Ok(()),
-        Err(GuestError::Timeout) => Err("ran past the request deadline".to_string()),
-        Err(GuestError::Failed(e)) => Err(e.root_cause().to_string()),
-        Err(GuestError::BadGateway(why)) => Err(why.clone()),
-    };
-    outcome.send(why).ok();
+    outcome
+        .send(result.as_ref().map_err(GuestError::reason).copied())
+        .ok();
     result
 }
 

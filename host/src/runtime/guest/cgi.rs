@@ -20,7 +20,7 @@ use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::call::{self, ConnInfo, GuardedBody, GuestError, RequestBody};
+use super::call::{self, BodyError, ConnInfo, GuardedBody, GuestError, RequestBody};
 use super::cgi_head::{head_end, parse_head};
 
 /// The CGI header block may not be larger than this.
@@ -148,7 +148,8 @@ where
         },
     );
     call::yield_at_every_tick(&mut store);
-    tokio::spawn(pump_body(body, body_limit, stdin_host));
+    let (body_failed_tx, body_failed) = tokio::sync::oneshot::channel();
+    tokio::spawn(pump_body(body, body_limit, stdin_host, body_failed_tx));
 
     let deadline = tokio::time::Instant::from_std(deadline);
     let pre = pre.clone();
@@ -158,7 +159,15 @@ where
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         };
-        let result = match run.await {
+        let run = tokio::select! {
+            run = run => run,
+            // The guest is stopped, and only then is its stdin closed.
+            Ok((why, _stdin)) = body_failed => {
+                drop(store);
+                return Err(GuestError::RequestBody(why));
+            }
+        };
+        let result = match run {
             Ok(()) => Ok(()),
             Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 Some(wasmtime_wasi::I32Exit(0)) => Ok(()),
@@ -175,7 +184,7 @@ where
         drop(store);
         result
     };
-    let (task, outcome) = call::spawn(deadline, guest, on_done);
+    let (mut task, outcome) = call::spawn(deadline, guest, on_done);
 
     let mut head = BytesMut::new();
     let read_head = async {
@@ -200,13 +209,15 @@ where
     let end = match tokio::time::timeout_at(deadline, read_head).await {
         Ok(Ok(end)) => end,
         Ok(Err(why)) => {
-            // The exit status, when there is one, says more than "no headers".
-            let why = match tokio::time::timeout_at(deadline, outcome).await {
-                Ok(Ok(Err(exit))) => exit,
-                _ => why,
-            };
+            // The guest's own end (an exit status, a body it was not given
+            // whole) says more than "no headers".
+            let ended = tokio::time::timeout_at(deadline, &mut task).await;
             task.abort();
-            return Err(GuestError::BadGateway(why));
+            return Err(match ended {
+                Ok(Ok(Err(e @ GuestError::RequestBody(_)))) => e,
+                Ok(Ok(Err(e))) => GuestError::BadGateway(e.reason()),
+                _ => GuestError::BadGateway(why),
+            });
         }
         Err(_) => {
             task.abort();
@@ -233,15 +244,32 @@ where
     Ok(resp)
 }
 
-/// Copies the request body to the guest's stdin, up to the size limit; past
-/// it, stdin just ends (the declared-length case was refused with a 413).
-async fn pump_body<B>(body: B, limit: u64, mut stdin: DuplexStream)
-where
+/// Copies the request body to the guest's stdin, up to the size limit. A
+/// body that goes past it (chunked: the declared-length case was refused
+/// with a 413) or breaks off is reported on `failed` with stdin still open,
+/// so the guest is stopped before it could read the end of a truncated body.
+async fn pump_body<B>(
+    body: B,
+    limit: u64,
+    mut stdin: DuplexStream,
+    failed: tokio::sync::oneshot::Sender<(BodyError, DuplexStream)>,
+) where
     B: RequestBody,
 {
     let mut body = http_body_util::Limited::new(body, limit as usize);
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { return };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                let why = if e.is::<http_body_util::LengthLimitError>() {
+                    BodyError::TooLarge
+                } else {
+                    BodyError::Malformed
+                };
+                failed.send((why, stdin)).ok();
+                return;
+            }
+        };
         if let Ok(data) = frame.into_data()
             && stdin.write_all(&data).await.is_err()
         {

@@ -26,7 +26,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
-pub use call::{ConnInfo, GuestError, RequestBody};
+pub use call::{BodyError, ConnInfo, GuestError, RequestBody};
 
 use super::artifact::cache;
 use super::artifact::engine::{Concurrency, Engines};
@@ -297,7 +297,7 @@ impl Handler {
             Err(GuestError::Failed(e)) => {
                 bail!("smoke check GET {path} failed: {}", e.root_cause())
             }
-            Err(GuestError::BadGateway(why)) => bail!("smoke check GET {path} failed: {why}"),
+            Err(e) => bail!("smoke check GET {path} failed: {}", e.reason()),
         };
         let status = resp.status().as_u16();
         let body = tokio::time::timeout_at(

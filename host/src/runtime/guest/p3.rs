@@ -264,7 +264,7 @@ impl HandlerState for SharedInstances {
     async fn instantiate(&self) -> wasmtime::Result<Instance<GuestState, Expiry, Caps>> {
         let state = (self.make)().map_err(|e| match e {
             GuestError::Failed(e) => e,
-            other => wasmtime::format_err!("{other:?}"),
+            other => wasmtime::format_err!("{}", other.reason()),
         })?;
         let mut store = Store::new(&self.engine, state);
         call::yield_at_every_tick(&mut store);
