@@ -91,8 +91,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
 
-    /// Admin connections served at once; more wait in the listen backlog,
-    /// so the admin port can never use up the process's descriptors.
+    /// Admin connections held at once; at the cap a new client is served
+    /// and the oldest idle one closed, so the admin port can neither use up
+    /// the process's descriptors nor be held shut by idle clients.
     #[arg(long, default_value_t = 32)]
     pub admin_max_connections: usize,
 

@@ -1,11 +1,10 @@
 //! The admin endpoint's settings (--admin, --admin-token-file,
 //! --admin-max-connections), checked before anything binds.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 
 /// A token file larger than this is refused: a token is a line.
 const MAX_TOKEN_FILE: u64 = 4096;
@@ -47,22 +46,16 @@ pub fn check(
 /// holding a token of 16 characters or more.
 fn read_token(path: &Path) -> Result<String> {
     let name = path.display();
-    let meta = std::fs::metadata(path).with_context(|| format!("--admin-token-file `{}`", name))?;
-    ensure!(
-        meta.is_file(),
-        "--admin-token-file `{}`: not a regular file",
-        name
-    );
-    ensure!(
-        meta.len() <= MAX_TOKEN_FILE,
-        "--admin-token-file `{}`: {} bytes is too large for a token (at most {MAX_TOKEN_FILE})",
-        name,
-        meta.len()
-    );
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_TOKEN_FILE).read_to_string(&mut text))
-        .with_context(|| format!("--admin-token-file `{}`: cannot read it", name))?;
+    let bytes = crate::files::read_small(
+        path,
+        "--admin-token-file",
+        MAX_TOKEN_FILE,
+        "a token's limit",
+    )?;
+    if let Some(warning) = crate::files::secret_warning(path, "--admin-token-file") {
+        tracing::warn!("{warning}");
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let token = text.lines().next().unwrap_or("").trim().to_string();
     ensure!(
         token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic()),

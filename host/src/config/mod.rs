@@ -259,7 +259,16 @@ fn default_cache_dir() -> Result<PathBuf> {
 /// `--env KEY=VALUE`, or `--env KEY` for the host's value; a KEY the host
 /// does not have is skipped with a warning (as `wasmtime serve` and
 /// container runtimes do), so a unit file can pass optional variables.
+/// Where `--keyvalue` may come from instead of the flag (cli.rs).
+const KEYVALUE_URL_ENV: &str = "WCLUSTER_KEYVALUE_URL";
+
 fn parse_env(spec: &str) -> Result<Option<(String, String)>> {
+    let name = spec.split_once('=').map_or(spec, |(k, _)| k);
+    ensure!(
+        name != KEYVALUE_URL_ENV,
+        "--env `{name}`: that variable holds wcluster's key-value URL (and its password); \
+         it is never passed to guests"
+    );
     match spec.split_once('=') {
         Some(("", _)) => bail!("--env `{spec}`: the variable name is empty"),
         Some((k, v)) => Ok(Some((k.to_string(), v.to_string()))),
@@ -369,24 +378,12 @@ fn keyvalue_grant(caps: &CapabilityArgs, cache_dir: &Path) -> Result<KeyValueGra
 /// `--keyvalue redis-url-file:PATH`: the URL is the file's first line, so
 /// its password is in no process's arguments. Never echoed.
 fn read_url_file(path: &Path) -> Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::MetadataExt;
     let what = || format!("--keyvalue redis-url-file:{}", path.display());
-    let file = std::fs::File::open(path).with_context(what)?;
-    let meta = file.metadata().with_context(what)?;
-    ensure!(meta.is_file(), "{}: not a regular file", what());
-    if meta.mode() & 0o077 != 0 {
-        tracing::warn!(
-            "{}: other users may read it (mode {:o}); run `chmod 600 {}`",
-            what(),
-            meta.mode() & 0o777,
-            path.display()
-        );
+    let bytes = crate::files::read_small(path, "--keyvalue redis-url-file:", 64 << 10, "64KiB")?;
+    if let Some(warning) = crate::files::secret_warning(path, "--keyvalue redis-url-file:") {
+        tracing::warn!("{warning}");
     }
-    let mut text = String::new();
-    file.take(64 << 10)
-        .read_to_string(&mut text)
-        .with_context(what)?;
+    let text = String::from_utf8_lossy(&bytes);
     let url = text.lines().map(str::trim).find(|l| !l.is_empty());
     match url {
         Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
@@ -447,5 +444,13 @@ mod tests {
         let g = parse_dir(&format!("{}::/data", tmp.display())).unwrap();
         assert_eq!(g.guest, "/data");
         assert!(parse_dir("/surely/not/here").is_err());
+    }
+
+    #[test]
+    fn the_key_value_url_variable_is_never_granted_to_guests() {
+        let err = parse_env("WCLUSTER_KEYVALUE_URL").unwrap_err().to_string();
+        assert!(err.contains("never passed to guests"), "{err}");
+        assert!(parse_env("WCLUSTER_KEYVALUE_URL=x").is_err());
+        assert!(parse_env("GREETING=hi").unwrap().is_some());
     }
 }

@@ -5,7 +5,6 @@
 //! whenever the files change (worker/tls.rs), so a rotated pair is checked
 //! the same way.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -78,13 +77,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<Loaded> {
     let validity = leaf.validity();
     let now = ASN1Time::now();
     let mut warnings = Vec::new();
-    if let Some(mode) = open_to_others(key) {
-        warnings.push(format!(
-            "--tls-key `{}`: the private key is readable by other users (mode {mode:04o}): \
-             `chmod 600` it, as ssh asks of its keys",
-            key.display()
-        ));
-    }
+    warnings.extend(crate::files::secret_warning(key, "--tls-key"));
     if now > validity.not_after {
         warnings.push(format!(
             "--tls-cert `{}`: the certificate expired on {}: clients will refuse it",
@@ -123,35 +116,9 @@ pub fn load(cert: &Path, key: &Path) -> Result<Loaded> {
     })
 }
 
-/// The file's permission bits when its group or others may read it.
-fn open_to_others(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
-    (mode & 0o044 != 0).then_some(mode)
-}
-
 /// The file's bytes: a regular file of at most MAX_PEM bytes.
 fn read(path: &Path, flag: &str) -> Result<Vec<u8>> {
-    let cannot = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow!("{flag} `{}`: no such file", path.display()),
-        _ => anyhow!("{flag} `{}`: cannot read it: {e}", path.display()),
-    };
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if !meta.is_file() {
-        bail!("{flag} `{}`: not a regular file", path.display());
-    }
-    if meta.len() > MAX_PEM {
-        bail!(
-            "{flag} `{}`: {} bytes is too large for a PEM file (at most {MAX_PEM})",
-            path.display(),
-            meta.len()
-        );
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PEM).read_to_end(&mut bytes))
-        .map_err(cannot)?;
-    Ok(bytes)
+    crate::files::read_small(path, flag, MAX_PEM, "a PEM file's limit")
 }
 
 /// Every PEM block of the file, with its kind (blocks of unknown kinds are
@@ -274,6 +241,8 @@ mod tests {
         let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         std::fs::write(&c, cert).unwrap();
         std::fs::write(&k, key).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
         (dir, c, k)
     }
 
@@ -292,6 +261,14 @@ mod tests {
         let loaded = load(&c, &k).unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         assert!(loaded.describe.contains("serial"), "{}", loaded.describe);
+        // The same key readable by others loads too, with a warning.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let warnings = load(&c, &k).unwrap().warnings;
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("readable by other users (mode 0640)"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -8,13 +8,16 @@
 //!
 //! It may face a network (a pod's probes come from the node), so it answers
 //! GET and HEAD only, /status (pids, paths) only to the --admin-token-file
-//! token, and serves at most --admin-max-connections at once, each with
-//! short timeouts: idle admin clients cannot use up the descriptors the
-//! main port needs.
+//! token, and holds at most --admin-max-connections at once, each with short
+//! timeouts: idle admin clients cannot use up the descriptors the main port
+//! needs. At the cap a new client is taken and the oldest idle one closed,
+//! so idle clients cannot keep a load balancer's probe out either.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -24,7 +27,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::control::Request as ControlRequest;
 use super::control::protocol::{Reply, Request};
@@ -52,37 +55,74 @@ pub fn serve(
     std.set_nonblocking(true)?;
     let listener = TcpListener::from_std(std)?;
     let bound = listener.local_addr()?;
-    let slots = Arc::new(Semaphore::new(admin.max_connections));
+    let max = admin.max_connections;
     let token: Option<Arc<str>> = admin.token.as_deref().map(Into::into);
     tokio::spawn(async move {
+        let mut open: VecDeque<Open> = VecDeque::new();
         loop {
-            // At the cap, stop accepting: new clients wait in the backlog.
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let (health, requests, token) = (health.clone(), requests.clone(), token.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (health, requests, token) =
-                        (health.clone(), requests.clone(), token.clone());
-                    async move {
-                        Ok::<_, Infallible>(route(&req, token.as_deref(), &health, &requests).await)
-                    }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::time::timeout(CONNECTION_TIME, conn).await.ok();
-                drop(permit);
+            open.retain(|c| !c.task.is_finished());
+            if open.len() >= max {
+                // The oldest connection not serving a request makes room:
+                // idle clients must not keep a probe out.
+                match open.iter().position(|c| !c.busy.load(Ordering::Relaxed)) {
+                    Some(i) => open.remove(i).expect("found above").task.abort(),
+                    None => continue, // all busy: the newcomer is closed
+                }
+            }
+            let busy = Arc::new(AtomicBool::new(false));
+            let task = tokio::spawn(connection(
+                stream,
+                busy.clone(),
+                token.clone(),
+                health.clone(),
+                requests.clone(),
+            ));
+            open.push_back(Open {
+                busy,
+                task: task.abort_handle(),
             });
         }
     });
     Ok(bound)
+}
+
+/// An admin connection being served.
+struct Open {
+    /// A request is being answered (it is not closed to make room).
+    busy: Arc<AtomicBool>,
+    task: tokio::task::AbortHandle,
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    busy: Arc<AtomicBool>,
+    token: Option<Arc<str>>,
+    health: Health,
+    requests: mpsc::UnboundedSender<ControlRequest>,
+) {
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (health, requests, token, busy) = (
+            health.clone(),
+            requests.clone(),
+            token.clone(),
+            busy.clone(),
+        );
+        async move {
+            busy.store(true, Ordering::Relaxed);
+            let resp = route(&req, token.as_deref(), &health, &requests).await;
+            busy.store(false, Ordering::Relaxed);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::time::timeout(CONNECTION_TIME, conn).await.ok();
 }
 
 async fn route<B>(

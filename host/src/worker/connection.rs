@@ -177,19 +177,24 @@ fn run<S>(
 struct Activity {
     in_flight: AtomicUsize,
     idle_since: Mutex<Instant>,
-    /// Streams whose response the client has yet to take, with the time
-    /// they started to wait. Not listed: waiting for the guest, or done.
-    waiting: Mutex<Vec<(u64, Instant)>>,
-    next_stream: AtomicU64,
+    /// One clock per HTTP/2 response in flight, registered once per stream;
+    /// each frame only stores into its own clock.
+    clocks: Mutex<Vec<Arc<StreamClock>>>,
+    /// What the clocks count from.
+    epoch: Instant,
 }
+
+/// Nanoseconds after `Activity::epoch` plus one at which the response
+/// started to wait for the client; 0 while it waits for its guest.
+struct StreamClock(AtomicU64);
 
 impl Default for Activity {
     fn default() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
-            waiting: Mutex::new(Vec::new()),
-            next_stream: AtomicU64::new(0),
+            clocks: Mutex::new(Vec::new()),
+            epoch: Instant::now(),
         }
     }
 }
@@ -219,8 +224,13 @@ impl Activity {
                 Check::At(deadline.min(next))
             };
         }
-        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        match waiting.iter().map(|&(_, since)| since + send_timeout).min() {
+        let clocks = self.clocks.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = clocks
+            .iter()
+            .map(|c| c.0.load(Ordering::Relaxed))
+            .filter(|&t| t > 0)
+            .min();
+        match oldest.map(|t| self.epoch + Duration::from_nanos(t - 1) + send_timeout) {
             Some(deadline) if deadline <= now => Check::Stalled,
             Some(deadline) => Check::At(deadline),
             None => Check::At(next),
@@ -232,42 +242,48 @@ impl Activity {
 /// response body (sent, or the stream reset).
 struct Busy {
     activity: Arc<Activity>,
-    stream: u64,
+    clock: Arc<StreamClock>,
 }
 
 impl Busy {
     fn new(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let clock = Arc::new(StreamClock(AtomicU64::new(0)));
+        activity
+            .clocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(clock.clone());
         Self {
             activity: activity.clone(),
-            stream: activity.next_stream.fetch_add(1, Ordering::Relaxed),
+            clock,
         }
     }
 
     /// `true`: the response has something the client must take now;
     /// `false`: it waits for the guest, or is done.
     fn waits_for_client(&self, yes: bool) {
-        let mut waiting = self
-            .activity
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        waiting.retain(|&(stream, _)| stream != self.stream);
-        if yes {
-            waiting.push((self.stream, Instant::now()));
-        }
+        let since = match yes {
+            true => self.activity.epoch.elapsed().as_nanos() as u64 + 1,
+            false => 0,
+        };
+        self.clock.0.store(since, Ordering::Relaxed);
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.waits_for_client(false);
-        *self
-            .activity
+        let activity = &self.activity;
+        activity
+            .clocks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|c| !Arc::ptr_eq(c, &self.clock));
+        *activity
             .idle_since
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -539,16 +555,24 @@ mod tests {
     fn a_response_stalls_only_while_it_waits_for_the_client() {
         let activity = Arc::new(Activity::default());
         let (idle, send) = (Duration::from_secs(60), Duration::from_secs(3));
+        // A response that waited for the client, then for its guest again,
+        // never stalls the connection.
         let guest_slow = Busy::new(&activity);
+        guest_slow.waits_for_client(true);
+        guest_slow.waits_for_client(false);
+        let start = Instant::now();
+        assert!(matches!(
+            activity.check(start + send * 2, idle, send),
+            Check::At(_)
+        ));
+        // One the client takes nothing of does, after --send-timeout.
         let client_slow = Busy::new(&activity);
         client_slow.waits_for_client(true);
-        let start = Instant::now();
-        assert!(matches!(activity.check(start, idle, send), Check::At(d) if d <= start + send));
-        // A response waiting for its guest never stalls the connection...
-        guest_slow.waits_for_client(false);
-        // ...one the client takes nothing of does, after --send-timeout.
-        assert_eq!(activity.check(start + send, idle, send), Check::Stalled);
+        let waited = Instant::now();
+        assert!(matches!(activity.check(waited, idle, send), Check::At(d) if d <= waited + send));
+        assert_eq!(activity.check(waited + send, idle, send), Check::Stalled);
         // Taking a frame starts its clock again; being done stops it.
+        std::thread::sleep(Duration::from_millis(2));
         client_slow.waits_for_client(true);
         let now = Instant::now();
         assert!(matches!(
@@ -556,9 +580,7 @@ mod tests {
             Check::At(_)
         ));
         drop(client_slow);
-        assert_eq!(
-            activity.check(start + send * 10, idle, send),
-            Check::At(start + send * 11)
-        );
+        let later = start + send * 10;
+        assert_eq!(activity.check(later, idle, send), Check::At(later + send));
     }
 }

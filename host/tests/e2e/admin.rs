@@ -277,22 +277,21 @@ fn idle_admin_clients_cannot_use_up_the_primarys_descriptors() {
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let held = fds(server.pid()) - before;
+    let held = fds(server.pid()).saturating_sub(before);
     assert!(
-        held <= 4,
+        held <= 5,
         "{held} descriptors held for 40 idle admin clients (cap 4)"
     );
-    // The main port serves meanwhile, and the idle clients time out, so the
-    // admin port answers again.
+    // The main port serves meanwhile, and a probe gets in at once: an idle
+    // client makes room for it.
     assert_eq!(get(&fresh_client(), &server.url("/")).unwrap().0, 200);
     let start = Instant::now();
-    while status_of(&healthz) != 200 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the admin port stayed full"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_eq!(status_of(&healthz), 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the probe waited {:?}",
+        start.elapsed()
+    );
     drop(idle);
 }
 

@@ -355,7 +355,8 @@ fn batches_are_bounded_and_a_big_one_stalls_no_one() {
         status == 500 && body.contains("--keyvalue-max-batch"),
         "{status} {body}"
     );
-    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    // Not a speed test: the review's stall lasted about 55 s.
+    assert!(slowest < Duration::from_secs(5), "{slowest:?}");
     // Nothing of the refused batch was written.
     assert_eq!(value(&server, "k000000").0, 404);
 
@@ -390,7 +391,8 @@ fn batches_are_bounded_and_a_big_one_stalls_no_one() {
     let written = batches.join().unwrap();
     eprintln!("{written} full batches; the slowest increment took {slowest:?}");
     assert!(written > 0);
-    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    // Not a speed test: the review's stall lasted about 55 s.
+    assert!(slowest < Duration::from_secs(5), "{slowest:?}");
 
     // Count: the limit (1000) passes, one more is refused, for every batch.
     let max: String = (0..1000).map(|i| format!("m{i}=x\n")).collect();
@@ -490,9 +492,10 @@ fn an_operation_past_its_deadline_never_commits_later() {
     let answers: Vec<(u16, Duration)> = sets.into_iter().map(|t| t.join().unwrap()).collect();
     for (status, took) in &answers {
         assert_eq!(*status, 500, "{answers:?}");
-        assert!(*took < Duration::from_millis(1500), "{answers:?}");
+        // Answered at its deadline, long before the lock is let go.
+        assert!(*took < Duration::from_secs(4), "{answers:?}");
     }
-    std::thread::sleep(Duration::from_secs(2).saturating_sub(start.elapsed()));
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(start.elapsed()));
     db.execute_batch("COMMIT").unwrap();
     std::thread::sleep(Duration::from_secs(3));
     for i in 0..12 {

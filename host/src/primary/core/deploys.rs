@@ -45,6 +45,9 @@ pub(super) struct Deploys {
 
 pub(super) struct Compiling {
     job: JobId,
+    /// Asked for by a deploy trigger; false: only to rebuild a damaged
+    /// artifact, which must not roll out whatever the file holds now.
+    deploy: bool,
     started: Instant,
     waiters: Vec<ControlId>,
 }
@@ -136,16 +139,27 @@ impl Core {
         }
         let mut waiters = std::mem::take(&mut d.again_waiters);
         waiters.extend(waiter);
-        self.start_compile(now, waiters);
+        self.start_compile(now, waiters, true);
     }
 
-    fn start_compile(&mut self, now: Instant, waiters: Vec<ControlId>) {
+    /// A worker found the live artifact damaged: compile the handler again
+    /// (the cache rebuilds a damaged artifact) once nothing else compiles or
+    /// rolls. Respawns wait for it (`repairing`).
+    pub(super) fn repair(&mut self, now: Instant) {
+        self.deploys.repairing = true;
+        if !self.deploys.busy() {
+            self.start_compile(now, Vec::new(), false);
+        }
+    }
+
+    fn start_compile(&mut self, now: Instant, waiters: Vec<ControlId>, deploy: bool) {
         let d = &mut self.deploys;
         let job = d.next_job;
         d.next_job += 1;
         d.again = false;
         d.compiling = Some(Compiling {
             job,
+            deploy,
             started: now,
             waiters,
         });
@@ -158,13 +172,19 @@ impl Core {
             return;
         }
         let compiling = d.compiling.take().expect("checked above");
-        d.repairing = false;
         if d.again {
             // The file changed again while this compiled: what was read may
             // be half of a write. Read it again instead of rolling this.
             let mut waiters = compiling.waiters;
             waiters.append(&mut d.again_waiters);
-            self.start_compile(now, waiters);
+            self.start_compile(now, waiters, true);
+            return;
+        }
+        // Whatever this compile brings, respawns go on: one that finds the
+        // artifact still damaged asks again (under its slot's backoff).
+        d.repairing = false;
+        if !compiling.deploy {
+            self.repaired(result);
             return;
         }
         match result {
@@ -185,9 +205,7 @@ impl Core {
             {
                 tracing::info!(version = %target.version, "handler unchanged: nothing to deploy");
                 if target.digest != self.deploys.current.digest {
-                    // The same code, its artifact rebuilt (it was damaged):
-                    // new workers load the new file.
-                    tracing::info!(version = %target.version, "artifact rebuilt");
+                    // Its artifact was rebuilt: new workers load the new file.
                     self.deploys.current = target.clone();
                 }
                 let outcome = DeployOutcome {
@@ -227,6 +245,27 @@ impl Core {
             return self.refuse(to, Refusal::NoPreviousVersion);
         };
         self.start_roll(now, DeployKind::Rollback, now, vec![to], target);
+    }
+
+    /// The end of a compile made only to rebuild the live artifact.
+    fn repaired(&mut self, result: Result<Artifact, String>) {
+        let current = &self.deploys.current.version;
+        match result {
+            Ok(target) if &target.version == current => {
+                tracing::info!(version = %target.version, "artifact of version {current} rebuilt");
+                self.deploys.current = target;
+            }
+            Ok(target) => tracing::error!(
+                "cannot rebuild the damaged artifact of version {current}: the handler file \
+                 now holds version {} (not deployed by this; deploy it with a reload)",
+                target.version
+            ),
+            Err(message) => {
+                tracing::error!(
+                    "cannot rebuild the damaged artifact of version {current}: {message}"
+                )
+            }
+        }
     }
 
     fn all_ready_on(&self, version: &str) -> bool {
@@ -533,6 +572,8 @@ impl Core {
         }
         if std::mem::take(&mut self.deploys.again) {
             self.trigger(now, None);
+        } else if self.deploys.repairing && !self.deploys.busy() {
+            self.start_compile(now, Vec::new(), false);
         }
     }
 

@@ -405,7 +405,7 @@ impl Core {
                     // rebuilds a damaged one; the replacement waits for it.
                     self.deploys.repairing = true;
                     self.worker_gone(now, worker, Gone::ChannelClosed);
-                    self.trigger(now, None);
+                    self.repair(now);
                 }
             }
             ToPrimary::Loaded { version } => {

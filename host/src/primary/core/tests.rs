@@ -235,6 +235,27 @@ fn a_damaged_artifact_is_compiled_again_and_replacements_load_the_new_file() {
 }
 
 #[test]
+fn a_repair_never_rolls_out_a_handler_file_that_changed_meanwhile() {
+    let mut sim = Sim::running(2);
+    let fx = sim.input(Input::FromWorker(
+        sim.worker(0),
+        ToPrimary::ArtifactDamaged {
+            error: "does not match the digest".into(),
+        },
+    ));
+    let job = compile_job(&fx).expect("the handler is compiled again");
+    // The file now holds v2, which nobody deployed (say, --no-watch).
+    let fx = sim.compiled(job, "v2");
+    assert_eq!(load(&fx), None, "a repair rolled out v2");
+    assert_eq!(sim.core.deploys.current().version, "v1");
+    assert!(sim.core.deploys.roll.is_none());
+    // A reload deploys it as usual.
+    let job = sim.reload(7);
+    let fx = sim.compiled(job, "v2");
+    assert!(load(&fx).is_some_and(|(_, v)| v == "v2"), "{fx:?}");
+}
+
+#[test]
 fn connections_go_round_robin_and_are_held_until_acknowledged() {
     let mut sim = Sim::running(2);
     let mut targets = Vec::new();

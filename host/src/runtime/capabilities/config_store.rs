@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use wasmtime_wasi_config::WasiConfigVariables;
 
 use crate::config::{ConfigGrant, check_config_key};
@@ -29,37 +29,7 @@ pub fn variables(grant: &ConfigGrant) -> Result<WasiConfigVariables> {
 }
 
 fn read_file(path: &Path, max: u64) -> Result<Vec<(String, String)>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let cannot = || format!("--config-file `{}`: cannot read it", path.display());
-    // Non-blocking: a FIFO would block `open` (and the deploy) forever.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)
-        .with_context(cannot)?;
-    // fstat of what was opened: the path may change meanwhile.
-    let meta = file.metadata().with_context(cannot)?;
-    ensure!(
-        meta.is_file(),
-        "--config-file `{}`: not a regular file; refused",
-        path.display()
-    );
-    ensure!(
-        meta.len() <= max,
-        "--config-file `{}`: {} bytes, over the limit of {max} (--max-config-size)",
-        path.display(),
-        meta.len()
-    );
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .with_context(cannot)?;
-    ensure!(
-        bytes.len() as u64 <= max,
-        "--config-file `{}`: grew past the limit of {max} bytes while being read (--max-config-size)",
-        path.display()
-    );
+    let bytes = crate::files::read_small(path, "--config-file", max, "--max-config-size")?;
     let text = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("--config-file `{}`: not UTF-8 text", path.display()))?;
     // toml's message names the line and column.

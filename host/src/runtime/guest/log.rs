@@ -100,14 +100,20 @@ impl LineBuf {
 
 /// The line with its control characters escaped (`\r`, `\u{1b}`, ...): a
 /// bare carriage return or a terminal escape from a guest must not rewrite
-/// the line's prefix, which says which request printed it. Tabs stay.
+/// the line's prefix, which says which request printed it. So are the line
+/// and paragraph separators and the bidirectional overrides, which can
+/// reorder what a terminal or an editor shows. Tabs stay.
 fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
         return text.into();
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() && c != '\t' {
+        if hidden(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);

@@ -8,7 +8,10 @@
 //! worker's connection is never started; one running is cancelled: the
 //! statement in progress is interrupted (sqlite3_interrupt), a wait for
 //! another process's write lock ends (the busy handler asks), the loop of a
-//! batch stops, and the transaction is rolled back, never committed.
+//! batch stops, and the transaction is rolled back, never committed. The
+//! one window left is the commit itself: once it has begun (`Op::commit`),
+//! a deadline passing no longer stops it, so a write the guest was told
+//! timed out may still be in the store, as with any database client.
 //!
 //! The store's size is SQLite's own `max_page_count`: a write that needs a
 //! page beyond `--keyvalue-max-bytes` fails (SQLITE_FULL), and the guest is
@@ -61,6 +64,8 @@ struct Op {
 struct OpState {
     /// On the connection now: an interrupt now hits this operation.
     running: bool,
+    /// The commit has begun: too late to cancel.
+    committing: bool,
     finished: bool,
     cancelled: bool,
 }
@@ -89,6 +94,17 @@ impl Op {
         Ok(())
     }
 
+    /// The last check before a commit, atomic with cancelling: either the
+    /// operation was cancelled, or from now on it cannot be.
+    fn commit(&self) -> Result<()> {
+        let mut s = self.state();
+        if s.cancelled {
+            bail!("cancelled: past --keyvalue-timeout");
+        }
+        s.committing = true;
+        Ok(())
+    }
+
     fn finish(&self) {
         let mut s = self.state();
         s.running = false;
@@ -101,6 +117,16 @@ impl Op {
     }
 }
 
+/// Marks its operation finished (and no longer the thread's) when dropped.
+struct Finished<'a>(&'a Op);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.borrow_mut().take());
+        self.0.finish();
+    }
+}
+
 /// Cancels its operation when dropped before the operation finished.
 struct CancelOnDrop {
     op: Arc<Op>,
@@ -110,7 +136,7 @@ struct CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         let mut s = self.op.state();
-        if !s.finished {
+        if !s.finished && !s.committing {
             s.cancelled = true;
             // Under the operation's lock: it cannot finish and let the next
             // operation start on the connection while this interrupt lands.
@@ -275,9 +301,11 @@ impl Sqlite {
         tokio::task::spawn_blocking(move || {
             op.start()?;
             CURRENT.with(|c| *c.borrow_mut() = Some(op.clone()));
+            // Finished even if `f` panics: an interrupt meant for this
+            // operation must never reach the next one on the connection.
+            let finished = Finished(&op);
             let result = f(&mut conn, &op);
-            CURRENT.with(|c| c.borrow_mut().take());
-            op.finish();
+            drop(finished);
             // Only now may the next operation have the connection.
             drop(conn);
             result.map_err(|e| match e.downcast_ref::<rusqlite::Error>() {
@@ -317,7 +345,7 @@ impl Backend for Sqlite {
             // than committed as its statement ends.
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.prepare_cached(UPSERT)?.execute(params![b, k, value])?;
-            op.check()?;
+            op.commit()?;
             tx.commit()?;
             Ok(())
         })
@@ -371,7 +399,7 @@ impl Backend for Sqlite {
                 .context("incrementing would overflow a u64")?;
             tx.prepare_cached(UPSERT)?
                 .execute(params![b, k, new.to_string().into_bytes()])?;
-            op.check()?;
+            op.commit()?;
             tx.commit()?;
             Ok(new)
         })
@@ -415,7 +443,7 @@ impl Backend for Sqlite {
                     stmt.execute(params![b, k, v])?;
                 }
             }
-            op.check()?;
+            op.commit()?;
             tx.commit()?;
             Ok(())
         })
@@ -434,7 +462,7 @@ impl Backend for Sqlite {
                     stmt.execute(params![b, k])?;
                 }
             }
-            op.check()?;
+            op.commit()?;
             tx.commit()?;
             Ok(())
         })

@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use crate::config::OutboundGrant;
+use crate::config::worker::redact_url;
 use body::TimedBody;
 use connector::{CONNECT_TIMEOUT, ConnectError, Connector};
 use policy::{AllowList, Scheme};
@@ -213,22 +214,29 @@ impl Outbound {
     }
 }
 
-/// A URL as logs show it: any userinfo (`user:password@`) becomes `***@`.
+/// A URL as logs show it: any userinfo (`user:password@`) and any query
+/// (which may carry a token) become `***`, by the same rule as every URL
+/// wcluster prints (`redact_url`); only the authority is given to it, so an
+/// `@` in the path is left alone.
 #[derive(Clone, Copy)]
 struct Redacted<'a>(&'a http::Uri);
 
 impl fmt::Display for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let uri = self.0;
-        let Some((_, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
-            return write!(f, "{uri}");
-        };
-        if let Some(scheme) = uri.scheme_str() {
-            write!(f, "{scheme}://")?;
-        }
-        write!(f, "***@{host}{}", uri.path())?;
+        let scheme = uri
+            .scheme_str()
+            .map(|s| format!("{s}://"))
+            .unwrap_or_default();
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        write!(
+            f,
+            "{}{}",
+            redact_url(&format!("{scheme}{authority}")),
+            uri.path()
+        )?;
         match uri.query() {
-            Some(query) => write!(f, "?{query}"),
+            Some(_) => write!(f, "?***"),
             None => Ok(()),
         }
     }
@@ -273,10 +281,11 @@ mod tests {
         for (url, shown) in [
             (
                 "http://user:pw@example.com:8080/a?b=c",
-                "http://***@example.com:8080/a?b=c",
+                "http://***@example.com:8080/a?***",
             ),
             ("https://token@example.com", "https://***@example.com/"),
-            ("http://example.com/a?b", "http://example.com/a?b"),
+            ("http://example.com/a?token=t", "http://example.com/a?***"),
+            ("http://example.com/a@b", "http://example.com/a@b"),
             ("http://[::1]:8080/", "http://[::1]:8080/"),
         ] {
             let uri: http::Uri = url.parse().unwrap();
