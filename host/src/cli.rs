@@ -50,19 +50,19 @@ pub struct ServeArgs {
     pub handler: Option<PathBuf>,
 
     /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    #[arg(long, default_value = "0.0.0.0:8080", help_heading = "Listening")]
     pub addr: SocketAddr,
 
     /// Worker processes (default: one per CPU core).
-    #[arg(long)]
+    #[arg(long, help_heading = "Listening")]
     pub workers: Option<usize>,
 
     /// The most workers `wcluster scale`, SIGTTIN or --workers may ask for.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, help_heading = "Listening")]
     pub max_workers: usize,
 
     /// Where compiled artifacts are cached (default: $XDG_CACHE_HOME/wcluster or ~/.cache/wcluster).
-    #[arg(long)]
+    #[arg(long, help_heading = "Deploys")]
     pub cache_dir: Option<PathBuf>,
 
     #[command(flatten)]
@@ -73,53 +73,61 @@ pub struct ServeArgs {
 
     /// Grant the guest an environment variable: KEY=VALUE, or KEY to pass
     /// the host's value (skipped, with a warning, when the host has none).
-    #[arg(long = "env", value_name = "KEY[=VALUE]")]
+    #[arg(
+        long = "env",
+        value_name = "KEY[=VALUE]",
+        help_heading = "Capabilities"
+    )]
     pub env: Vec<String>,
 
     /// Grant the guest a directory, read-only: HOST[::GUEST] (GUEST defaults to HOST).
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    #[arg(
+        long = "dir",
+        value_name = "HOST[::GUEST]",
+        help_heading = "Capabilities"
+    )]
     pub dir: Vec<String>,
 
     /// Serve /healthz, /readyz, /metrics and /status here (e.g.
     /// 127.0.0.1:9000 on a host, 0.0.0.0:9000 in a container). Off unless given.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", help_heading = "Operating")]
     pub admin: Option<SocketAddr>,
 
     /// A file whose first line is the bearer token that /status asks for
     /// (`Authorization: Bearer TOKEN`): it shows pids and paths. Without
     /// it /status is not served; /healthz, /readyz and /metrics stay open.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "Operating")]
     pub admin_token_file: Option<PathBuf>,
 
     /// Admin connections held at once; at the cap a new client is served
     /// and the oldest idle one closed, so the admin port can neither use up
     /// the process's descriptors nor be held shut by idle clients.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, help_heading = "Operating")]
     pub admin_max_connections: usize,
 
     /// After SIGTERM, how long /readyz says 503 while wcluster still accepts
     /// and serves, before the drain begins (time for load balancers to notice).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, help_heading = "Operating")]
     pub drain_delay: Duration,
 
     /// How long SIGTERM waits for requests in flight before exiting anyway.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Operating")]
     pub drain_timeout: Duration,
 
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, help_heading = "Operating")]
     pub log_format: LogFormat,
 
     /// Path every new version must answer (GET, without trap or timeout) before it goes live.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", help_heading = "Deploys")]
     pub smoke_path: String,
 
     /// How long the smoke check may take.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Deploys")]
     pub smoke_timeout: Duration,
 
     /// Control socket for `wcluster status|reload|rollback|scale` (default: $XDG_RUNTIME_DIR or /tmp, wcluster-PORT.sock).
-    #[arg(long)]
+    #[arg(long, help_heading = "Operating")]
     pub control: Option<PathBuf>,
 
     /// How many requests one component instance serves before it is
@@ -131,37 +139,43 @@ pub struct ServeArgs {
     /// isolation, slower). Reuse means a request can see state that earlier
     /// ones left in the instance: every version must serve two requests in
     /// one instance before it goes live.
-    #[arg(long, value_name = "N|MIN-MAX", value_parser = Reuse::parse)]
+    #[arg(long, value_name = "N|MIN-MAX", value_parser = Reuse::parse, help_heading = "Instances")]
     pub reuse_instances: Option<Reuse>,
 
     /// How many requests one reused WASI 0.3 instance may serve at once. 1
     /// is fastest for handlers that compute; more saves instances (memory)
     /// when handlers mostly wait.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "N",
+        help_heading = "Instances"
+    )]
     pub max_instance_concurrency: u32,
 
     /// A worker silent this long (hung, or stopped) is killed and replaced.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Operating")]
     pub liveness_timeout: Duration,
 
     /// Do not watch the handler file for changes (reload with SIGHUP or `wcluster reload`).
-    #[arg(long)]
+    #[arg(long, help_heading = "Deploys")]
     pub no_watch: bool,
 
     /// Serve HTTPS with this certificate chain (PEM, leaf first); needs
     /// --tls-key. A new pair written over the files is picked up for new
     /// connections without a restart.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
     pub tls_cert: Option<PathBuf>,
 
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1, unencrypted).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
     pub tls_key: Option<PathBuf>,
 }
 
 /// What handlers may reach beyond their request: upstreams, configuration
 /// and key-value state. Outbound HTTP is denied unless granted.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Capabilities")]
 pub struct CapabilityArgs {
     /// Let guests call this upstream (repeatable): SCHEME://HOST[:PORT], e.g.
     /// https://api.example.com, https://*.example.com, http://10.1.2.3:8080,
@@ -255,6 +269,7 @@ pub struct CapabilityArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Limits")]
 pub struct LimitArgs {
     /// Longest time one request may run, guest code included.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]

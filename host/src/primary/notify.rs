@@ -14,7 +14,8 @@ pub fn announce(a: &Announcement) {
     let status;
     let states: Vec<NotifyState> = match a {
         Announcement::Listening { workers } => {
-            status = format!("serving on {workers} workers");
+            let noun = if *workers == 1 { "worker" } else { "workers" };
+            status = format!("serving on {workers} {noun}");
             vec![NotifyState::Ready, NotifyState::Status(&status)]
         }
         Announcement::RollStarted { version } => {

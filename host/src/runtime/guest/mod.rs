@@ -135,13 +135,14 @@ impl Handler {
         let (guest, strategy) =
             match Engine::detect_precompiled_file(path).map_err(anyhow::Error::from)? {
                 Some(Precompiled::Component) => {
-                    // SAFETY: the file was written by our own compile child through
-                    // an atomic rename into the cache, and is named by the hash of
-                    // its source and of both engines' settings, so it is a wasmtime
-                    // artifact for one of them; the other refuses it by its
-                    // header (the compile child tried the plain engine first).
                     let load = |c| -> Result<Component> {
                         let engine = engines.get(c)?;
+                        // SAFETY: the file was written by our own compile child
+                        // through an atomic rename into the cache, its digest was
+                        // checked above, and it is named by the hash of its source
+                        // and of both engines' settings, so it is a wasmtime
+                        // artifact for one of them; the other refuses it by its
+                        // header (the compile child tried the plain engine first).
                         Ok(unsafe { Component::deserialize_file(engine, path) }?)
                     };
                     let c = load(Concurrency::Off)
