@@ -7,7 +7,7 @@
 
 pub mod messages;
 
-pub use messages::{ToPrimary, ToWorker};
+pub use messages::{ToPrimary, ToWorker, WorkerCounts};
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

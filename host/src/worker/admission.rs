@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::link::Link;
 use crate::config::RequestLimits;
-use crate::ipc::{Channel, ToPrimary};
 
 /// How often the overload summary is written (only when something happened).
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -104,7 +104,7 @@ pub struct Connections {
     max: usize,
     /// What the primary was last told.
     full: AtomicBool,
-    chan: Arc<Channel>,
+    link: Arc<Link>,
     waited: AtomicU64,
     /// Received, and not yet holding a slot (their task has not run, or
     /// they wait for one): a drain must wait for them too.
@@ -118,12 +118,12 @@ pub struct Slot {
 }
 
 impl Connections {
-    pub fn new(max: usize, chan: Arc<Channel>) -> Arc<Connections> {
+    pub fn new(max: usize, link: Arc<Link>) -> Arc<Connections> {
         Arc::new(Connections {
             slots: Arc::new(Semaphore::new(max)),
             max,
             full: AtomicBool::new(false),
-            chan,
+            link,
             waited: AtomicU64::new(0),
             arriving: AtomicUsize::new(0),
         })
@@ -167,12 +167,10 @@ impl Connections {
         self.open() + self.arriving.load(Ordering::Relaxed)
     }
 
-    /// Tells the primary when fullness changes (edge-triggered). The
-    /// message is tiny and the channel almost never full; if it is, the
-    /// next change says it again.
+    /// Tells the primary when fullness changes (edge-triggered).
     fn tell(&self, full: bool) {
         if self.full.swap(full, Ordering::Relaxed) != full {
-            self.chan.try_send(&ToPrimary::Capacity { full }, None).ok();
+            self.link.capacity(full);
         }
     }
 }

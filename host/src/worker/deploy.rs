@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
+use super::link::Link;
 use super::service::WorkerCtx;
 use crate::config::SmokeCheck;
 use crate::config::Version;
-use crate::ipc::{Channel, ToPrimary};
 use crate::runtime::artifact::engine::Engines;
 use crate::runtime::capabilities::Capabilities;
 use crate::runtime::guest::{Handler, InstancePolicy};
@@ -37,24 +37,21 @@ impl Deployer {
         Ok(handler)
     }
 
-    pub fn spawn_load(self: &Arc<Self>, ctx: Arc<WorkerCtx>, chan: Arc<Channel>, version: Version) {
+    pub fn spawn_load(self: &Arc<Self>, ctx: Arc<WorkerCtx>, link: Arc<Link>, version: Version) {
         let this = self.clone();
         tokio::spawn(async move {
-            let msg = match this.prepare(&version).await {
+            let outcome = match this.prepare(&version).await {
                 Ok(handler) => {
-                    let version = version.id;
                     ctx.swap(handler);
-                    tracing::info!(worker = ctx.index, %version, "now serving version {version}");
-                    ToPrimary::Loaded { version }
+                    tracing::info!(worker = ctx.index, version = %version.id, "now serving version {}", version.id);
+                    Ok(())
                 }
                 Err(e) => {
-                    let version = version.id;
-                    let error = format!("{e:#}");
-                    tracing::warn!(worker = ctx.index, %version, "refused version {version}: {error}");
-                    ToPrimary::LoadFailed { version, error }
+                    tracing::warn!(worker = ctx.index, version = %version.id, "refused version {}: {e:#}", version.id);
+                    Err(e)
                 }
             };
-            chan.send(&msg, None).await.ok();
+            link.loaded(version.id, &outcome).await;
         });
     }
 }

@@ -14,6 +14,7 @@ mod admission;
 mod connection;
 mod deploy;
 mod edge;
+mod link;
 mod metrics;
 mod service;
 mod tls;
@@ -27,12 +28,13 @@ use hyper_util::server::graceful::GracefulShutdown;
 use nix::sys::signal::Signal;
 
 use crate::cli::WorkerArgs;
-use crate::ipc::{self, Channel, ToPrimary, ToWorker};
-use crate::runtime::artifact::cache::DamagedArtifact;
+use crate::config::WorkerInit;
+use crate::ipc::{self, ToWorker};
 use crate::runtime::artifact::engine::{Allocation, Engines};
 use crate::runtime::capabilities::Capabilities;
 use crate::runtime::guest::{Handler, InstancePolicy, Strategy};
 use deploy::Deployer;
+use link::{Link, Next};
 use service::WorkerCtx;
 
 /// How often the engine's epoch advances: how long a busy guest runs before
@@ -43,10 +45,6 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// (answered with `Connection: close`) before idle connections are closed
 /// and HTTP/2 ones get GOAWAY.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
-
-/// Connections one acknowledgement names at most, so that a long burst is
-/// still acknowledged as it goes and the message stays small.
-const MAX_ACK_BATCH: usize = 64;
 
 pub fn main(args: WorkerArgs) -> Result<()> {
     // Die with the primary, and catch the race where it died before this line.
@@ -62,123 +60,45 @@ pub fn main(args: WorkerArgs) -> Result<()> {
 }
 
 async fn run(fd: OwnedFd) -> Result<()> {
-    let chan = Arc::new(Channel::new(fd)?);
-    let init = match chan.recv::<ToWorker>().await? {
-        Some((ToWorker::Init(init), _)) => init,
-        Some((other, _)) => bail!("expected Init from the primary, got {other:?}"),
-        None => bail!("the primary closed the channel before Init"),
-    };
-    let engines = Arc::new(Engines::new(init.engine.clone(), Allocation::Pooling));
-    let deployer = Arc::new(Deployer {
-        engines: engines.clone(),
-        caps: Arc::new(Capabilities::new(init.grants.clone())?),
-        smoke: init.smoke.clone(),
-        policy: InstancePolicy {
-            reuse: init.reuse_instances,
-            concurrency: init.max_instance_concurrency,
-            request_timeout: init.limits.timeout,
-        },
-    });
-    // The first version was checked by the compile child; it only needs
-    // loading (the primary smoke-checks versions that arrive later).
-    let first = Handler::load(
-        &engines,
-        &init.version,
-        deployer.caps.clone(),
-        deployer.policy,
-    );
-    let handler = match first {
-        Ok(h) => h,
+    let link = Arc::new(Link::new(fd)?);
+    let init = link.init().await?;
+    let started = match start(&init).await {
+        Ok(started) => started,
         Err(e) => {
-            let error = format!("{e:#}");
-            let msg = if e.chain().any(|c| c.is::<DamagedArtifact>()) {
-                ToPrimary::ArtifactDamaged { error }
-            } else {
-                ToPrimary::Failed { error }
-            };
-            chan.send(&msg, None).await.ok();
+            link.failed(&e).await;
             return Err(e);
         }
     };
-    let tls = match init.tls.clone() {
-        Some((cert, key)) => match tls::acceptor(init.index, cert, key).await {
-            Ok(acceptor) => Some(acceptor),
-            Err(e) => {
-                let error = format!("{e:#}");
-                chan.send(&ToPrimary::Failed { error }, None).await.ok();
-                return Err(e);
-            }
-        },
-        None => None,
-    };
-    std::thread::Builder::new()
-        .name("epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(EPOCH_TICK);
-                engines.increment_epoch();
-            }
-        })?;
-    // With reuse, the first version too must show it can serve a second
-    // request in one instance before it takes traffic (the epoch ticks by
-    // now, so a guest that loops cannot hang this).
-    if handler.strategy() != Strategy::Fresh
-        && let Err(e) = handler
-            .smoke_check(&deployer.smoke.path, deployer.smoke.timeout)
-            .await
-    {
-        let error = format!("{e:#}");
-        chan.send(&ToPrimary::Failed { error }, None).await.ok();
-        return Err(e);
-    }
-    let ctx = Arc::new(WorkerCtx::new(init.index, handler, init.limits.clone()));
-    let connections = admission::Connections::new(init.limits.max_connections, chan.clone());
+    let Started {
+        ctx,
+        deployer,
+        tls,
+    } = started;
+    let connections = admission::Connections::new(init.limits.max_connections, link.clone());
     admission::spawn_summary(init.index, ctx.requests.clone(), connections.clone());
-    let graceful = GracefulShutdown::new();
-    chan.send(
-        &ToPrimary::Ready {
-            version: init.version.id.clone(),
-        },
-        None,
-    )
-    .await?;
-    spawn_stats(ctx.clone(), chan.clone(), connections.clone());
+    link.ready(&init.version.id).await?;
+    spawn_stats(ctx.clone(), link.clone(), connections.clone());
 
-    // Connections received back to back are acknowledged in one message,
-    // sent before any of them is first polled (as one ack each was) and
-    // before any other message is handled.
-    let mut received = Vec::new();
+    let graceful = GracefulShutdown::new();
     loop {
-        let next = match chan.try_recv::<ToWorker>() {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                acknowledge(&chan, &mut received).await?;
-                chan.recv::<ToWorker>().await
-            }
-            other => other,
-        };
-        if !matches!(next, Ok(Some((ToWorker::Conn { .. }, Some(_))))) {
-            acknowledge(&chan, &mut received).await?;
-        }
-        match next {
-            Ok(Some((ToWorker::Conn { id }, Some(fd)))) => {
+        match link.next().await {
+            Ok(Next::Conn { id, fd }) => {
                 connection::serve(&ctx, fd, &graceful, &connections, tls.as_ref());
-                received.push(id);
-                if received.len() >= MAX_ACK_BATCH {
-                    acknowledge(&chan, &mut received).await?;
-                }
+                link.received(id).await?;
             }
-            Ok(Some((ToWorker::Load(version), _))) => {
-                deployer.spawn_load(ctx.clone(), chan.clone(), version);
+            Ok(Next::Other(ToWorker::Load(version))) => {
+                deployer.spawn_load(ctx.clone(), link.clone(), version);
             }
-            Ok(Some((ToWorker::Report, _))) => {
-                chan.send(&ctx.stats(connections.open()), None).await?;
+            Ok(Next::Other(ToWorker::Report)) => {
+                let (requests, in_flight, counts) = ctx.stats(connections.open());
+                link.stats(requests, in_flight, counts).await?;
             }
-            Ok(Some((ToWorker::Drain, _))) => break,
-            Ok(Some((other, _))) => {
+            Ok(Next::Other(ToWorker::Drain)) => break,
+            Ok(Next::Other(other)) => {
                 tracing::warn!("unexpected message from the primary: {other:?}")
             }
             // The primary is gone; PDEATHSIG ends us too, drain meanwhile.
-            Ok(None) => break,
+            Ok(Next::Closed) => break,
             Err(e) => tracing::warn!("bad message from the primary: {e}"),
         }
     }
@@ -193,17 +113,65 @@ async fn run(fd: OwnedFd) -> Result<()> {
         );
     }
     // The last counts, so the primary's totals include this worker's end.
-    chan.send(&ctx.stats(0), None).await.ok();
+    let (requests, in_flight, counts) = ctx.stats(0);
+    link.stats(requests, in_flight, counts).await.ok();
     Ok(())
 }
 
-/// Tells the primary it may close its copies of the `received` connections.
-async fn acknowledge(chan: &Channel, received: &mut Vec<u64>) -> std::io::Result<()> {
-    if received.is_empty() {
-        return Ok(());
+/// A worker that has loaded its first version and may take connections.
+struct Started {
+    ctx: Arc<WorkerCtx>,
+    deployer: Arc<Deployer>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Loads the first version (and the TLS pair), starts the epoch ticks, and,
+/// with reuse, smoke-checks the version.
+async fn start(init: &WorkerInit) -> Result<Started> {
+    let engines = Arc::new(Engines::new(init.engine.clone(), Allocation::Pooling));
+    let deployer = Arc::new(Deployer {
+        engines: engines.clone(),
+        caps: Arc::new(Capabilities::new(init.grants.clone())?),
+        smoke: init.smoke.clone(),
+        policy: InstancePolicy {
+            reuse: init.reuse_instances,
+            concurrency: init.max_instance_concurrency,
+            request_timeout: init.limits.timeout,
+        },
+    });
+    // The first version was checked by the compile child; it only needs
+    // loading (the primary smoke-checks versions that arrive later).
+    let handler = Handler::load(
+        &engines,
+        &init.version,
+        deployer.caps.clone(),
+        deployer.policy,
+    )?;
+    let tls = match init.tls.clone() {
+        Some((cert, key)) => Some(tls::acceptor(init.index, cert, key).await?),
+        None => None,
+    };
+    std::thread::Builder::new()
+        .name("epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                engines.increment_epoch();
+            }
+        })?;
+    // With reuse, the first version too must show it can serve a second
+    // request in one instance before it takes traffic (the epoch ticks by
+    // now, so a guest that loops cannot hang this).
+    if handler.strategy() != Strategy::Fresh {
+        handler
+            .smoke_check(&deployer.smoke.path, deployer.smoke.timeout)
+            .await?;
     }
-    let ids = std::mem::take(received);
-    chan.send(&ToPrimary::Accepted { ids }, None).await
+    Ok(Started {
+        ctx: Arc::new(WorkerCtx::new(init.index, handler, init.limits.clone())),
+        deployer,
+        tls,
+    })
 }
 
 /// The gentle part of a drain: responses say `Connection: close` from now
@@ -222,15 +190,15 @@ async fn drain(ctx: &WorkerCtx, connections: &admission::Connections, drain_time
 /// Reports the worker's counts to the primary every second, for `status`.
 fn spawn_stats(
     ctx: Arc<service::WorkerCtx>,
-    chan: Arc<Channel>,
+    link: Arc<Link>,
     connections: Arc<admission::Connections>,
 ) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(STATS_INTERVAL);
         loop {
             tick.tick().await;
-            let stats = ctx.stats(connections.open());
-            if chan.send(&stats, None).await.is_err() {
+            let (requests, in_flight, counts) = ctx.stats(connections.open());
+            if link.stats(requests, in_flight, counts).await.is_err() {
                 return;
             }
         }

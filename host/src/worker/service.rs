@@ -16,7 +16,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::admission::{Refused, Requests};
 use super::metrics::Counters;
 use crate::config::RequestLimits;
-use crate::ipc::ToPrimary;
+use crate::ipc::WorkerCounts;
 use crate::runtime::guest::{BodyError, GuestError, Handler};
 
 pub struct WorkerCtx {
@@ -63,16 +63,14 @@ impl WorkerCtx {
         *self.handler.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(handler);
     }
 
-    /// The `Stats` message: requests started, in flight, and the counters.
-    pub fn stats(&self, open_connections: usize) -> ToPrimary {
-        ToPrimary::Stats {
-            requests: self.next_request.load(Ordering::Relaxed) - 1,
-            in_flight: self.requests.in_flight() as u32,
-            counts: Box::new(
-                self.counters
-                    .snapshot(open_connections, self.requests.rejected()),
-            ),
-        }
+    /// What `Stats` reports: requests started, in flight, and the counters.
+    pub fn stats(&self, open_connections: usize) -> (u64, u32, WorkerCounts) {
+        (
+            self.next_request.load(Ordering::Relaxed) - 1,
+            self.requests.in_flight() as u32,
+            self.counters
+                .snapshot(open_connections, self.requests.rejected()),
+        )
     }
 }
 
