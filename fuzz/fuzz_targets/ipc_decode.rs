@@ -7,6 +7,10 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../host/src/ipc/messages.rs"]
 #[allow(dead_code)]
 mod messages;
+// messages.rs names the counters as `super::counts`.
+#[path = "../../host/src/ipc/counts.rs"]
+#[allow(dead_code)]
+mod counts;
 
 // messages.rs names the worker settings as `crate::config::worker`. The
 // file is included at the top level: a `#[path]` inside an inline module is

@@ -3,11 +3,11 @@
 //! this only carries them. No I/O here: the decoder is a pure function of
 //! the bytes, fuzzed by fuzz/fuzz_targets/ipc_decode.rs.
 
-use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::counts::WorkerCounts;
 use crate::config::worker::{Version, WorkerInit};
 
 /// Messages the primary sends to a worker.
@@ -57,63 +57,6 @@ pub enum ToPrimary {
         #[serde(default)]
         counts: Box<WorkerCounts>,
     },
-}
-
-/// Upper bounds (seconds) of the request-duration histogram's buckets.
-pub const DURATION_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
-
-/// A worker's counters since it started; they only grow. The primary
-/// exports their sum over the workers (and the workers that are gone).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WorkerCounts {
-    /// Requests answered, by method class (GET, HEAD, POST, PUT, DELETE,
-    /// PATCH, OPTIONS, other) and status code.
-    pub requests: BTreeMap<String, BTreeMap<u16, u64>>,
-    /// Requests per DURATION_BUCKETS bucket (not cumulative), and one more
-    /// for the rest; the sum of their durations in seconds.
-    pub duration_buckets: Vec<u64>,
-    pub duration_sum: f64,
-    /// Guest calls that gave no response: trap, deadline, memory_limit,
-    /// no_response, bad_gateway.
-    pub guest_failures: BTreeMap<String, u64>,
-    pub connections_accepted: u64,
-    pub connections_open: u64,
-    /// Requests refused with 503: the queue was full, or the wait too long.
-    pub rejected_queue_full: u64,
-    pub rejected_queue_timeout: u64,
-}
-
-impl WorkerCounts {
-    /// Adds `other` into these counts (the open connections too).
-    pub fn add(&mut self, other: &WorkerCounts) {
-        for (method, statuses) in &other.requests {
-            let mine = self.requests.entry(method.clone()).or_default();
-            for (status, n) in statuses {
-                *mine.entry(*status).or_default() += n;
-            }
-        }
-        if self.duration_buckets.len() < other.duration_buckets.len() {
-            self.duration_buckets
-                .resize(other.duration_buckets.len(), 0);
-        }
-        for (mine, n) in self
-            .duration_buckets
-            .iter_mut()
-            .zip(&other.duration_buckets)
-        {
-            *mine += n;
-        }
-        self.duration_sum += other.duration_sum;
-        for (why, n) in &other.guest_failures {
-            *self.guest_failures.entry(why.clone()).or_default() += n;
-        }
-        self.connections_accepted += other.connections_accepted;
-        self.connections_open += other.connections_open;
-        self.rejected_queue_full += other.rejected_queue_full;
-        self.rejected_queue_timeout += other.rejected_queue_timeout;
-    }
 }
 
 /// Decodes one message; anything malformed is an `InvalidData` error.

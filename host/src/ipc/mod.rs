@@ -5,9 +5,11 @@
 //! fd number becomes an `OwnedFd`. The messages themselves are in
 //! messages.rs, free of syscalls, so they can be fuzzed on their own.
 
+pub mod counts;
 pub mod messages;
 
-pub use messages::{ToPrimary, ToWorker, WorkerCounts};
+pub use counts::WorkerCounts;
+pub use messages::{ToPrimary, ToWorker};
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -11,7 +11,10 @@ use prometheus::proto::{
 use prometheus::{Encoder, TextEncoder};
 
 use super::control::protocol::{MetricsSnapshot, WorkerState};
-use crate::ipc::messages::{DURATION_BUCKETS, WorkerCounts};
+use crate::ipc::WorkerCounts;
+use crate::ipc::counts::{
+    self, DURATION_BUCKETS, FailureKind, Kind, MethodClass, Plain, Rejection,
+};
 
 /// Families built one sample at a time.
 #[derive(Default)]
@@ -129,12 +132,6 @@ pub fn render(s: &MetricsSnapshot) -> String {
         in_flight as f64,
     );
     f.gauge(
-        "wcluster_connections_open",
-        "Client connections open in the workers.",
-        &[],
-        total.connections_open as f64,
-    );
-    f.gauge(
         "wcluster_handoff_queue_length",
         "Connections accepted and waiting for a worker, or in transit to one.",
         &[],
@@ -226,6 +223,11 @@ pub fn render(s: &MetricsSnapshot) -> String {
         &[],
         if s.ready { 1.0 } else { 0.0 },
     );
+    encode(f)
+}
+
+/// The families as text exposition.
+fn encode(f: Families) -> String {
     let mut out = Vec::new();
     // A labelled family has no samples until its first event (no request
     // served yet), and the encoder refuses an empty family.
@@ -245,26 +247,17 @@ impl Families {
     }
 }
 
-/// Requests, durations, guest failures and refusals, summed over workers.
+/// Requests, durations, guest failures, refusals and the plain counters,
+/// summed over workers: all driven by the schema (ipc/counts.rs).
 fn requests(f: &mut Families, t: &WorkerCounts) {
-    for (method, statuses) in &t.requests {
-        for (status, n) in statuses {
+    let m = counts::REQUESTS;
+    let help = m.help.trim();
+    for &method in MethodClass::ALL {
+        for (status, n) in t.requests.get(&method).into_iter().flatten() {
             let code = status.to_string();
-            f.counter(
-                "wcluster_http_requests_total",
-                "Requests answered, by method class and status code.",
-                &[("method", method), ("code", &code)],
-                *n,
-            );
+            let labels = [(MethodClass::LABEL, method.as_str()), ("code", &code)];
+            f.counter(m.name, help, &labels, *n);
         }
-    }
-    if t.requests.is_empty() {
-        // The family exists from the start, so rates have a zero to begin at.
-        f.family(
-            "wcluster_http_requests_total",
-            "Requests answered, by method class and status code.",
-            MetricType::COUNTER,
-        );
     }
     let mut h = Histogram::default();
     let mut cumulative = 0;
@@ -280,48 +273,61 @@ fn requests(f: &mut Families, t: &WorkerCounts) {
     h.set_bucket(buckets);
     h.set_sample_count(count);
     h.set_sample_sum(t.duration_sum);
-    let mut m = Metric::default();
-    m.set_histogram(h);
+    let mut metric = Metric::default();
+    metric.set_histogram(h);
     f.family(
         "wcluster_http_request_duration_seconds",
         "Time from a request's arrival to its response head.",
         MetricType::HISTOGRAM,
     )
     .mut_metric()
-    .push(m);
-    for why in [
-        "trap",
-        "deadline",
-        "memory_limit",
-        "no_response",
-        "bad_gateway",
-    ] {
-        f.counter(
-            "wcluster_guest_failures_total",
-            "Guest calls that gave no response, by cause.",
-            &[("cause", why)],
-            t.guest_failures.get(why).copied().unwrap_or(0),
-        );
+    .push(metric);
+    let m = counts::GUEST_FAILURES;
+    for &kind in FailureKind::ALL {
+        let n = t.guest_failures.get(&kind).copied().unwrap_or(0);
+        f.counter(m.name, m.help.trim(), &[(FailureKind::LABEL, kind.as_str())], n);
     }
-    f.counter(
-        "wcluster_requests_rejected_total",
-        "Requests refused with 503, by reason.",
-        &[("reason", "queue_full")],
-        t.rejected_queue_full,
-    );
-    f.counter(
-        "wcluster_requests_rejected_total",
-        "Requests refused with 503, by reason.",
-        &[("reason", "queue_timeout")],
-        t.rejected_queue_timeout,
-    );
-    f.counter(
-        "wcluster_worker_connections_accepted_total",
-        "Connections the workers took.",
-        &[],
-        t.connections_accepted,
-    );
+    let m = counts::REJECTED;
+    for &why in Rejection::ALL {
+        let n = t.rejected.get(&why).copied().unwrap_or(0);
+        f.counter(m.name, m.help.trim(), &[(Rejection::LABEL, why.as_str())], n);
+    }
+    for (m, value) in Plain::METRICS.iter().zip(t.plain.values()) {
+        let kind = match m.kind {
+            Kind::Counter => MetricType::COUNTER,
+            Kind::Gauge => MetricType::GAUGE,
+        };
+        f.sample(m.name, m.help.trim(), kind, &[], value as f64);
+    }
 }
 
 /// The wasmtime this wcluster embeds.
-const WASMTIME_VERSION: &str = "48.0.8";
+const WASMTIME_VERSION: &str = "50.0.1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::counts::tests::numbered;
+
+    /// What adding a plain counter takes: its line in `plain!` (and its
+    /// use). Summing and rendering follow from the schema, as this shows
+    /// for every line there.
+    #[test]
+    fn every_plain_counter_in_the_schema_is_rendered() {
+        let counts = WorkerCounts {
+            plain: numbered(),
+            ..Default::default()
+        };
+        let mut f = Families::default();
+        requests(&mut f, &counts);
+        let text = encode(f);
+        for (m, value) in Plain::METRICS.iter().zip(counts.plain.values()) {
+            assert!(text.contains(&format!("\n{} {value}\n", m.name)), "{} in\n{text}", m.name);
+            let kind = match m.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            assert!(text.contains(&format!("# TYPE {} {kind}", m.name)), "{text}");
+        }
+    }
+}

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::ipc::messages::{DURATION_BUCKETS, WorkerCounts};
+use crate::ipc::counts::{DURATION_BUCKETS, FailureKind, MethodClass, Rejection, WorkerCounts};
 
 #[derive(Default)]
 pub struct Counters {
@@ -13,16 +13,16 @@ pub struct Counters {
 }
 
 /// Method classes, so a client cannot grow the label set with made-up methods.
-fn method_class(method: &http::Method) -> &'static str {
+fn method_class(method: &http::Method) -> MethodClass {
     match *method {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::PATCH => "PATCH",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        http::Method::GET => MethodClass::Get,
+        http::Method::HEAD => MethodClass::Head,
+        http::Method::POST => MethodClass::Post,
+        http::Method::PUT => MethodClass::Put,
+        http::Method::DELETE => MethodClass::Delete,
+        http::Method::PATCH => MethodClass::Patch,
+        http::Method::OPTIONS => MethodClass::Options,
+        _ => MethodClass::Other,
     }
 }
 
@@ -40,13 +40,11 @@ impl Counters {
             .unwrap_or(DURATION_BUCKETS.len());
         let class = method_class(method);
         self.with(|c| {
-            // Looked up before inserting: no allocation per request.
-            match c.requests.get_mut(class) {
-                Some(statuses) => *statuses.entry(status).or_default() += 1,
-                None => {
-                    c.requests.insert(class.to_string(), [(status, 1)].into());
-                }
-            }
+            *c.requests
+                .entry(class)
+                .or_default()
+                .entry(status)
+                .or_default() += 1;
             if c.duration_buckets.len() <= DURATION_BUCKETS.len() {
                 c.duration_buckets.resize(DURATION_BUCKETS.len() + 1, 0);
             }
@@ -55,20 +53,21 @@ impl Counters {
         });
     }
 
-    /// A guest call that gave no response, and why (trap, deadline, ...).
-    pub fn guest_failure(&self, why: &str) {
-        self.with(|c| *c.guest_failures.entry(why.to_string()).or_default() += 1);
+    /// A guest call that gave no response, and why.
+    pub fn guest_failure(&self, why: FailureKind) {
+        self.with(|c| *c.guest_failures.entry(why).or_default() += 1);
     }
 
     pub fn connection(&self) {
-        self.with(|c| c.connections_accepted += 1);
+        self.with(|c| c.plain.connections_accepted += 1);
     }
 
     /// The counters as they are now, with the gauges and refusals filled in.
     pub fn snapshot(&self, open: usize, rejected: (u64, u64)) -> WorkerCounts {
         let mut c = self.with(|c| c.clone());
-        c.connections_open = open as u64;
-        (c.rejected_queue_full, c.rejected_queue_timeout) = rejected;
+        c.plain.connections_open = open as u64;
+        let (full, waited) = rejected;
+        c.rejected = [(Rejection::QueueFull, full), (Rejection::QueueTimeout, waited)].into();
         c
     }
 }
@@ -88,11 +87,12 @@ mod tests {
             Duration::from_millis(3),
         );
         let s = c.snapshot(2, (1, 0));
-        assert_eq!(s.requests["GET"][&200], 2);
-        assert_eq!(s.requests["other"][&404], 1);
+        assert_eq!(s.requests[&MethodClass::Get][&200], 2);
+        assert_eq!(s.requests[&MethodClass::Other][&404], 1);
         assert_eq!(s.duration_buckets[0], 1);
         assert_eq!(s.duration_buckets[DURATION_BUCKETS.len()], 1);
         assert_eq!(s.duration_buckets.iter().sum::<u64>(), 3);
-        assert_eq!((s.connections_open, s.rejected_queue_full), (2, 1));
+        assert_eq!(s.plain.connections_open, 2);
+        assert_eq!(s.rejected[&Rejection::QueueFull], 1);
     }
 }

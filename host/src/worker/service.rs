@@ -17,6 +17,7 @@ use super::admission::{Refused, Requests};
 use super::metrics::Counters;
 use crate::config::RequestLimits;
 use crate::ipc::WorkerCounts;
+use crate::ipc::counts::FailureKind;
 use crate::runtime::guest::{BodyError, GuestError, Handler};
 
 pub struct WorkerCtx {
@@ -172,7 +173,7 @@ async fn respond(
     match result {
         Ok(resp) => resp,
         Err(GuestError::Timeout) => {
-            ctx.counters.guest_failure("deadline");
+            ctx.counters.guest_failure(FailureKind::Deadline);
             tracing::warn!(request = %request_id, "handler exceeded the request deadline of {:?}", limits.timeout);
             error(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -196,18 +197,26 @@ async fn respond(
             }
         }
         Err(GuestError::BadGateway(why)) => {
-            ctx.counters.guest_failure("bad_gateway");
+            ctx.counters.guest_failure(FailureKind::BadGateway);
             tracing::warn!(request = %request_id, "CGI handler gave no valid response: {why}");
             error(
                 StatusCode::BAD_GATEWAY,
                 "handler gave no valid response\n".to_string(),
             )
         }
+        Err(GuestError::NoResponse) => {
+            ctx.counters.guest_failure(FailureKind::NoResponse);
+            tracing::warn!(request = %request_id, "handler failed: {}", GuestError::NoResponse.reason());
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "handler failed\n".to_string(),
+            )
+        }
         Err(GuestError::Failed(e)) => {
             // One line per failure; the guest's backtrace only at debug level.
             let cause = e.root_cause().to_string();
             let cause = cause.lines().next().unwrap_or_default();
-            ctx.counters.guest_failure(failure_kind(cause));
+            ctx.counters.guest_failure(FailureKind::Trap);
             tracing::warn!(request = %request_id, "handler failed: {cause}");
             tracing::debug!(request = %request_id, "handler failure in full: {e:?}");
             error(
@@ -215,17 +224,6 @@ async fn respond(
                 "handler failed\n".to_string(),
             )
         }
-    }
-}
-
-/// The metrics' name for why a guest gave no response, from its error.
-fn failure_kind(cause: &str) -> &'static str {
-    if cause.contains("without setting a response") {
-        "no_response"
-    } else if cause.contains("memory") {
-        "memory_limit"
-    } else {
-        "trap"
     }
 }
 

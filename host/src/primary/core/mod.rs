@@ -223,7 +223,7 @@ pub struct Core {
 #[derive(Default)]
 struct Counters {
     /// Counters of workers that are gone, so totals never go down.
-    retired: crate::ipc::messages::WorkerCounts,
+    retired: crate::ipc::WorkerCounts,
     accepted: u64,
     handed_off: u64,
     refused: u64,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Announcement, ControlId, Core, Effect, Gone, Phase, WorkerId, WorkerState};
 use crate::ipc::ToWorker;
-use crate::ipc::messages::WorkerCounts;
+use crate::ipc::WorkerCounts;
 use crate::primary::control::protocol::{Refusal, Reply, ScaleOutcome, WorkerStatus};
 
 /// A worker that lived this long before dying is not in a crash loop.
@@ -214,7 +214,7 @@ impl Core {
         slot.state = WorkerState::Exited;
         slot.full = false;
         let mut counts = std::mem::take(&mut slot.counts);
-        counts.connections_open = 0;
+        counts.plain.connections_open = 0;
         self.counters.retired.add(&counts);
         if !matches!(why, Gone::Exited(_) | Gone::SpawnFailed(_)) {
             // It cannot be talked to any more: make sure it is gone.

@@ -13,8 +13,10 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 pub enum GuestError {
     /// The deadline passed before the guest set a response.
     Timeout,
-    /// The guest trapped, or returned without setting a response.
+    /// The guest trapped, or could not be run.
     Failed(wasmtime::Error),
+    /// The guest returned without setting a response.
+    NoResponse,
     /// A CGI module's output was not a valid response (502).
     BadGateway(String),
     /// The request body could not be given whole (413 or 400): the guest
@@ -38,6 +40,7 @@ impl GuestError {
             GuestError::Timeout => "ran past the request deadline".to_string(),
             GuestError::Failed(e) => e.root_cause().to_string(),
             GuestError::BadGateway(why) => why.clone(),
+            GuestError::NoResponse => "the handler returned without setting a response".to_string(),
             GuestError::RequestBody(BodyError::TooLarge) => {
                 "the request body went over --max-body".to_string()
             }
@@ -184,9 +187,7 @@ pub async fn response<E: std::fmt::Debug>(
         ))),
         Ok(Err(_)) => match task.await {
             Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(GuestError::Failed(wasmtime::format_err!(
-                "the handler returned without setting a response"
-            ))),
+            Ok(Ok(())) => Err(GuestError::NoResponse),
             Err(e) => Err(GuestError::Failed(wasmtime::format_err!(
                 "the request task failed: {e}"
             ))),

@@ -72,14 +72,15 @@ where
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await?;
-            // Dropping the store drops the unset outparam: the caller hears
-            // at once, and the instance is not reused.
-            if !answered.load(Ordering::Relaxed) {
-                wasmtime::bail!("the handler returned without setting a response");
-            }
             Ok(proxy)
         };
         let proxy = run.await.map_err(GuestError::Failed)?;
+        if !answered.load(Ordering::Relaxed) {
+            // Dropping the store drops the unset outparam: the caller hears
+            // at once, and the instance is not reused.
+            drop(store);
+            return Err(GuestError::NoResponse);
+        }
         lease.give_back(store, proxy);
         Ok(())
     };
