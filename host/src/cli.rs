@@ -1,5 +1,5 @@
 //! Command-line flags. Everything here is turned into a checked `Config`
-//! (config.rs) before anything binds or spawns.
+//! (config/) before anything binds or spawns.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -126,7 +126,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Deploys")]
     pub smoke_timeout: Duration,
 
-    /// Control socket for `wcluster status|reload|rollback|scale` (default: $XDG_RUNTIME_DIR or /tmp, wcluster-PORT.sock).
+    /// Control socket for `wcluster status|reload|rollback|scale` (default: wcluster-PORT.sock in $XDG_RUNTIME_DIR/wcluster/ or $TMPDIR/wcluster-UID/).
     #[arg(long, help_heading = "Operating")]
     pub control: Option<PathBuf>,
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::cli::{CapabilityArgs, LogFormat, ServeArgs};
+use crate::cli::{CapabilityArgs, LimitArgs, LogFormat, ServeArgs};
 
 pub mod admin;
 pub mod tls;
@@ -82,26 +82,7 @@ impl Config {
         );
         let tls = tls::check(args.tls_cert, args.tls_key)?;
         let l = args.limits;
-        ensure!(
-            !l.request_timeout.is_zero(),
-            "--request-timeout must be more than 0"
-        );
-        ensure!(
-            !l.header_timeout.is_zero(),
-            "--header-timeout must be more than 0"
-        );
-        for (flag, value) in [
-            ("--idle-timeout", l.idle_timeout),
-            ("--send-timeout", l.send_timeout),
-            ("--h2-keepalive-interval", l.h2_keepalive_interval),
-            ("--h2-keepalive-timeout", l.h2_keepalive_timeout),
-        ] {
-            ensure!(!value.is_zero(), "{flag} must be more than 0");
-        }
-        ensure!(
-            l.max_connections > 0,
-            "--max-connections must be more than 0"
-        );
+        check_limits(&l)?;
         ensure!(
             args.liveness_timeout >= std::time::Duration::from_secs(2),
             "--liveness-timeout must be at least 2s (workers report every second)"
@@ -115,53 +96,7 @@ impl Config {
             (1..=1024).contains(&args.max_instance_concurrency),
             "--max-instance-concurrency must be between 1 and 1024"
         );
-        ensure!(
-            !l.queue_timeout.is_zero(),
-            "--queue-timeout must be more than 0"
-        );
-        ensure!(
-            (1..=1_000_000).contains(&l.max_queued),
-            "--max-queued must be between 1 and 1000000"
-        );
-        ensure!(
-            (1..=65_535).contains(&l.backlog),
-            "--backlog must be between 1 and 65535"
-        );
-        ensure!(
-            (1..=10_000).contains(&l.max_concurrent),
-            "--max-concurrent must be between 1 and 10000"
-        );
-        ensure!(
-            l.max_memory.as_u64() >= 64 * 1024,
-            "--max-memory must be at least one wasm page (64KiB)"
-        );
-        let grants = Grants {
-            env: args
-                .env
-                .iter()
-                .map(|e| parse_env(e))
-                .collect::<Result<Vec<_>>>()?
-                .into_iter()
-                .flatten()
-                .collect(),
-            dirs: args
-                .dir
-                .iter()
-                .map(|d| parse_dir(d))
-                .collect::<Result<_>>()?,
-            outbound: outbound_grant(&args.caps)?,
-            config: ConfigGrant {
-                vars: args
-                    .caps
-                    .config
-                    .iter()
-                    .map(|c| parse_config_flag(c))
-                    .collect::<Result<_>>()?,
-                file: args.caps.config_file.clone(),
-                max_file_size: args.caps.max_config_size.as_u64(),
-            },
-            keyvalue: keyvalue_grant(&args.caps, &cache_dir)?,
-        };
+        let grants = grants(&args.caps, &args.env, &args.dir, &cache_dir)?;
         Ok(Self {
             handler,
             addr: args.addr,
@@ -212,6 +147,81 @@ impl Config {
             tls,
         })
     }
+}
+
+/// The limits, each within its range.
+fn check_limits(l: &LimitArgs) -> Result<()> {
+    ensure!(
+        !l.request_timeout.is_zero(),
+        "--request-timeout must be more than 0"
+    );
+    ensure!(
+        !l.header_timeout.is_zero(),
+        "--header-timeout must be more than 0"
+    );
+    for (flag, value) in [
+        ("--idle-timeout", l.idle_timeout),
+        ("--send-timeout", l.send_timeout),
+        ("--h2-keepalive-interval", l.h2_keepalive_interval),
+        ("--h2-keepalive-timeout", l.h2_keepalive_timeout),
+    ] {
+        ensure!(!value.is_zero(), "{flag} must be more than 0");
+    }
+    ensure!(
+        l.max_connections > 0,
+        "--max-connections must be more than 0"
+    );
+    ensure!(
+        !l.queue_timeout.is_zero(),
+        "--queue-timeout must be more than 0"
+    );
+    ensure!(
+        (1..=1_000_000).contains(&l.max_queued),
+        "--max-queued must be between 1 and 1000000"
+    );
+    ensure!(
+        (1..=65_535).contains(&l.backlog),
+        "--backlog must be between 1 and 65535"
+    );
+    ensure!(
+        (1..=10_000).contains(&l.max_concurrent),
+        "--max-concurrent must be between 1 and 10000"
+    );
+    ensure!(
+        l.max_memory.as_u64() >= 64 * 1024,
+        "--max-memory must be at least one wasm page (64KiB)"
+    );
+    Ok(())
+}
+
+/// What guests may reach, from the capability flags.
+fn grants(
+    caps: &CapabilityArgs,
+    env: &[String],
+    dir: &[String],
+    cache_dir: &Path,
+) -> Result<Grants> {
+    Ok(Grants {
+        env: env
+            .iter()
+            .map(|e| parse_env(e))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect(),
+        dirs: dir.iter().map(|d| parse_dir(d)).collect::<Result<_>>()?,
+        outbound: outbound_grant(caps)?,
+        config: ConfigGrant {
+            vars: caps
+                .config
+                .iter()
+                .map(|c| parse_config_flag(c))
+                .collect::<Result<_>>()?,
+            file: caps.config_file.clone(),
+            max_file_size: caps.max_config_size.as_u64(),
+        },
+        keyvalue: keyvalue_grant(caps, cache_dir)?,
+    })
 }
 
 /// The handler `wcluster serve` runs when given none: examples/wat/hello.wat.

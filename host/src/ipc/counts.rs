@@ -228,7 +228,11 @@ pub mod tests {
         c.guest_failures.insert(FailureKind::NoResponse, 2);
         c.rejected.insert(Rejection::QueueFull, 3);
         let json = serde_json::to_string(&c).unwrap();
-        for text in [r#""other":{"418":1}"#, r#""no_response":2"#, r#""queue_full":3"#] {
+        for text in [
+            r#""other":{"418":1}"#,
+            r#""no_response":2"#,
+            r#""queue_full":3"#,
+        ] {
             assert!(json.contains(text), "{json}");
         }
     }

@@ -3,7 +3,6 @@
 //! this only carries them. No I/O here: the decoder is a pure function of
 //! the bytes, fuzzed by fuzz/fuzz_targets/ipc_decode.rs.
 
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 

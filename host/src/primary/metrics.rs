@@ -94,6 +94,15 @@ pub fn render(s: &MetricsSnapshot) -> String {
         total.add(w);
     }
     requests(&mut f, &total);
+    primary(&mut f, s);
+    workers(&mut f, s);
+    processes(&mut f, s);
+    deploys(&mut f, s);
+    encode(f)
+}
+
+/// The build and the primary's own connection counts.
+fn primary(f: &mut Families, s: &MetricsSnapshot) {
     let info = [
         ("version", env!("CARGO_PKG_VERSION")),
         ("wasmtime", WASMTIME_VERSION),
@@ -124,6 +133,10 @@ pub fn render(s: &MetricsSnapshot) -> String {
     for (name, help, v) in c {
         f.counter(name, help, &[], v);
     }
+}
+
+/// Requests in flight, the hand-off queue, and the workers by state.
+fn workers(f: &mut Families, s: &MetricsSnapshot) {
     let in_flight: u32 = s.status.workers.iter().map(|w| w.in_flight).sum();
     f.gauge(
         "wcluster_http_requests_in_flight",
@@ -167,6 +180,10 @@ pub fn render(s: &MetricsSnapshot) -> String {
         &[],
         s.status.target_workers as f64,
     );
+}
+
+/// Each worker process's memory and CPU, from /proc.
+fn processes(f: &mut Families, s: &MetricsSnapshot) {
     for w in &s.status.workers {
         let Some((rss, cpu)) = w.pid.and_then(proc_usage) else {
             continue;
@@ -185,6 +202,10 @@ pub fn render(s: &MetricsSnapshot) -> String {
             cpu,
         );
     }
+}
+
+/// Deploys, the live version and the cluster's readiness.
+fn deploys(f: &mut Families, s: &MetricsSnapshot) {
     for d in &s.deploys {
         f.counter(
             "wcluster_deploys_total",
@@ -223,7 +244,6 @@ pub fn render(s: &MetricsSnapshot) -> String {
         &[],
         if s.ready { 1.0 } else { 0.0 },
     );
-    encode(f)
 }
 
 /// The families as text exposition.
@@ -285,12 +305,22 @@ fn requests(f: &mut Families, t: &WorkerCounts) {
     let m = counts::GUEST_FAILURES;
     for &kind in FailureKind::ALL {
         let n = t.guest_failures.get(&kind).copied().unwrap_or(0);
-        f.counter(m.name, m.help.trim(), &[(FailureKind::LABEL, kind.as_str())], n);
+        f.counter(
+            m.name,
+            m.help.trim(),
+            &[(FailureKind::LABEL, kind.as_str())],
+            n,
+        );
     }
     let m = counts::REJECTED;
     for &why in Rejection::ALL {
         let n = t.rejected.get(&why).copied().unwrap_or(0);
-        f.counter(m.name, m.help.trim(), &[(Rejection::LABEL, why.as_str())], n);
+        f.counter(
+            m.name,
+            m.help.trim(),
+            &[(Rejection::LABEL, why.as_str())],
+            n,
+        );
     }
     for (m, value) in Plain::METRICS.iter().zip(t.plain.values()) {
         let kind = match m.kind {
@@ -322,12 +352,19 @@ mod tests {
         requests(&mut f, &counts);
         let text = encode(f);
         for (m, value) in Plain::METRICS.iter().zip(counts.plain.values()) {
-            assert!(text.contains(&format!("\n{} {value}\n", m.name)), "{} in\n{text}", m.name);
+            assert!(
+                text.contains(&format!("\n{} {value}\n", m.name)),
+                "{} in\n{text}",
+                m.name
+            );
             let kind = match m.kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
             };
-            assert!(text.contains(&format!("# TYPE {} {kind}", m.name)), "{text}");
+            assert!(
+                text.contains(&format!("# TYPE {} {kind}", m.name)),
+                "{text}"
+            );
         }
     }
 }

@@ -30,7 +30,10 @@ pub struct Link {
 
 /// What the primary sent next.
 pub enum Next {
-    Conn { id: u64, fd: OwnedFd },
+    Conn {
+        id: u64,
+        fd: OwnedFd,
+    },
     Other(ToWorker),
     /// The primary is gone.
     Closed,
@@ -185,7 +188,10 @@ mod tests {
             from_worker(&primary).await,
             ToPrimary::Accepted { ids } if ids == [1, 2]
         ));
-        assert!(matches!(from_worker(&primary).await, ToPrimary::Stats { requests: 5, .. }));
+        assert!(matches!(
+            from_worker(&primary).await,
+            ToPrimary::Stats { requests: 5, .. }
+        ));
     }
 
     #[tokio::test]

@@ -67,7 +67,11 @@ impl Counters {
         let mut c = self.with(|c| c.clone());
         c.plain.connections_open = open as u64;
         let (full, waited) = rejected;
-        c.rejected = [(Rejection::QueueFull, full), (Rejection::QueueTimeout, waited)].into();
+        c.rejected = [
+            (Rejection::QueueFull, full),
+            (Rejection::QueueTimeout, waited),
+        ]
+        .into();
         c
     }
 }

@@ -1,7 +1,8 @@
 //! A worker process: the same binary re-executed by the primary with the
 //! hidden `worker` subcommand. It never binds a socket: connections arrive as
 //! fds over its channel (ipc/) and are served by hyper on a single-threaded
-//! tokio runtime, each request in a fresh WASM instance.
+//! tokio runtime, each request in an instance of the handler (fresh, or reused
+//! as runtime/guest chooses).
 //!
 //! Strategy: one task reads the channel (Init, then Conn/Load/Drain) and
 //! spawns a task per connection (connection.rs); requests run in service.rs.
@@ -69,11 +70,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
             return Err(e);
         }
     };
-    let Started {
-        ctx,
-        deployer,
-        tls,
-    } = started;
+    let Started { ctx, deployer, tls } = started;
     let connections = admission::Connections::new(init.limits.max_connections, link.clone());
     admission::spawn_summary(init.index, ctx.requests.clone(), connections.clone());
     link.ready(&init.version.id).await?;
