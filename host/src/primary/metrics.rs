@@ -246,6 +246,23 @@ fn deploys(f: &mut Families, s: &MetricsSnapshot) {
     );
 }
 
+/// One sample per label value, zero where nothing was counted yet.
+fn labelled<'a>(
+    f: &mut Families,
+    m: counts::Metric,
+    label: &str,
+    values: impl Iterator<Item = (&'a str, Option<&'a u64>)>,
+) {
+    for (value, n) in values {
+        f.counter(
+            m.name,
+            m.help.trim(),
+            &[(label, value)],
+            n.copied().unwrap_or(0),
+        );
+    }
+}
+
 /// The families as text exposition.
 fn encode(f: Families) -> String {
     let mut out = Vec::new();
@@ -302,26 +319,14 @@ fn requests(f: &mut Families, t: &WorkerCounts) {
     )
     .mut_metric()
     .push(metric);
-    let m = counts::GUEST_FAILURES;
-    for &kind in FailureKind::ALL {
-        let n = t.guest_failures.get(&kind).copied().unwrap_or(0);
-        f.counter(
-            m.name,
-            m.help.trim(),
-            &[(FailureKind::LABEL, kind.as_str())],
-            n,
-        );
-    }
-    let m = counts::REJECTED;
-    for &why in Rejection::ALL {
-        let n = t.rejected.get(&why).copied().unwrap_or(0);
-        f.counter(
-            m.name,
-            m.help.trim(),
-            &[(Rejection::LABEL, why.as_str())],
-            n,
-        );
-    }
+    let failures = FailureKind::ALL
+        .iter()
+        .map(|k| (k.as_str(), t.guest_failures.get(k)));
+    labelled(f, counts::GUEST_FAILURES, FailureKind::LABEL, failures);
+    let rejected = Rejection::ALL
+        .iter()
+        .map(|r| (r.as_str(), t.rejected.get(r)));
+    labelled(f, counts::REJECTED, Rejection::LABEL, rejected);
     for (m, value) in Plain::METRICS.iter().zip(t.plain.values()) {
         let kind = match m.kind {
             Kind::Counter => MetricType::COUNTER,

@@ -147,14 +147,7 @@ fn metrics_add_up_and_promtool_accepts_them() {
     // A worker that dies takes no counts with it.
     let (_, victim) = server.worker_pids()[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
-    server.wait_for_status(|s| {
-        s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|w| w["state"] == "ready")
-            && s["workers"][0]["restarts"] == 1
-    });
+    server.wait_for_status(|s| all_ready(s) && s["workers"][0]["restarts"] == 1);
     let text = fresh_client()
         .get(&metrics)
         .call()

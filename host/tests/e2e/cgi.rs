@@ -59,17 +59,6 @@ fn body_on_stdin_and_headers_both_ways() {
     assert_eq!(resp.header("x-echo"), Some("from the client"));
 }
 
-/// Sends `request` on a new connection; the response, whole.
-fn raw_response(server: &Server, request: &[u8]) -> String {
-    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(request).unwrap();
-    let mut got = Vec::new();
-    let _ = conn.read_to_end(&mut got);
-    String::from_utf8_lossy(&got).into_owned()
-}
-
 #[test]
 fn a_chunked_body_over_the_limit_or_broken_never_reaches_stdin_as_complete() {
     let server = Server::start(&guests().cgi, &["--workers", "1", "--max-body", "1KiB"]);
@@ -77,14 +66,14 @@ fn a_chunked_body_over_the_limit_or_broken_never_reaches_stdin_as_complete() {
     let over = format!(
         "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunk}0\r\n\r\n"
     );
-    let resp = raw_response(&server, over.as_bytes());
+    let resp = raw_exchange(&server, over.as_bytes());
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     let broken = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nabcde\r\nzz\r\n";
-    let resp = raw_response(&server, broken.as_bytes());
+    let resp = raw_exchange(&server, broken.as_bytes());
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     // Within the limit, the same framing is served.
     let fine = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nabcde\r\n0\r\n\r\n";
-    let resp = raw_response(&server, fine.as_bytes());
+    let resp = raw_exchange(&server, fine.as_bytes());
     assert!(
         resp.starts_with("HTTP/1.1 200") && resp.contains("abcde"),
         "{resp}"

@@ -17,18 +17,6 @@ const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const ACK: u8 = 0x1;
 
-/// Sends `bytes` on a new connection and returns all that came back
-/// (the requests say `Connection: close`).
-fn raw(server: &Server, bytes: &[u8]) -> String {
-    let mut conn = TcpStream::connect(server.addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(bytes).unwrap();
-    let mut got = Vec::new();
-    let _ = conn.read_to_end(&mut got);
-    String::from_utf8_lossy(&got).into_owned()
-}
-
 /// The status code of a raw response.
 fn status_of(resp: &str) -> &str {
     resp.split_whitespace().nth(1).unwrap_or("")
@@ -280,11 +268,11 @@ fn bad_host_headers_are_refused_before_any_guest_runs() {
         ),
     ];
     for (what, request) in cases {
-        let resp = raw(&server, request);
+        let resp = raw_exchange(&server, request);
         assert_eq!(status_of(&resp), "400", "{what}: {resp}");
     }
     // One good request, so its log shows what a guest that ran leaves.
-    let resp = raw(
+    let resp = raw_exchange(
         &server,
         b"GET /print HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
     );
@@ -309,7 +297,7 @@ fn bad_host_headers_are_refused_before_any_guest_runs() {
 
     // A CGI module would run without a Host (SERVER_NAME made up): not anymore.
     let cgi = Server::start(&guests().cgi, &["--workers", "1"]);
-    let resp = raw(&cgi, b"GET /exit HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let resp = raw_exchange(&cgi, b"GET /exit HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert_eq!(status_of(&resp), "400", "{resp}");
     cgi.wait_for_events(Duration::from_secs(10), |events| {
         events.iter().any(|e| e["target"] == "access")
@@ -323,12 +311,12 @@ fn cgi_and_components_take_the_authority_from_the_same_place() {
     let component = Server::start(&guests().testkit, &["--workers", "1"]);
     let cgi = Server::start(&guests().cgi, &["--workers", "1"]);
     // Absolute form: the target's authority, whatever Host says.
-    let resp = raw(
+    let resp = raw_exchange(
         &component,
         b"GET http://example.org:9999/authority HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
     );
     assert!(has_line(&resp, "example.org:9999"), "{resp}");
-    let resp = raw(
+    let resp = raw_exchange(
         &cgi,
         b"GET http://example.org:9999/env HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
     );
@@ -338,12 +326,12 @@ fn cgi_and_components_take_the_authority_from_the_same_place() {
         "{resp}"
     );
     // Origin form: Host.
-    let resp = raw(
+    let resp = raw_exchange(
         &component,
         b"GET /authority HTTP/1.1\r\nHost: a.test:81\r\nConnection: close\r\n\r\n",
     );
     assert!(has_line(&resp, "a.test:81"), "{resp}");
-    let resp = raw(
+    let resp = raw_exchange(
         &cgi,
         b"GET /env HTTP/1.1\r\nHost: a.test:81\r\nConnection: close\r\n\r\n",
     );

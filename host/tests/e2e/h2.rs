@@ -31,6 +31,11 @@ fn request_block(post: bool) -> Vec<u8> {
     vec![if post { 0x83 } else { 0x82 }, 0x86, 0x84, 0x41, 0x01, b'x']
 }
 
+/// `GET /` on stream 1, in one HEADERS frame.
+fn get_on_stream_1() -> Vec<u8> {
+    frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block(false))
+}
+
 fn connect(server: &Server) -> TcpStream {
     let mut c = TcpStream::connect(server.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -70,13 +75,7 @@ fn assert_still_serving(server: &Server) {
 fn h2c_with_prior_knowledge_is_served() {
     let server = Server::start(&guests().hello, &["--workers", "1"]);
     let mut c = connect(&server);
-    c.write_all(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &request_block(false),
-    ))
-    .unwrap();
+    c.write_all(&get_on_stream_1()).unwrap();
     let start = Instant::now();
     let mut kinds = Vec::new();
     let mut head = [0u8; 9];
@@ -184,13 +183,7 @@ fn a_stream_the_client_gives_no_window_is_abandoned_after_the_send_timeout() {
     // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may send a byte of DATA.
     c.write_all(&frame(SETTINGS, 0, 0, &[0x00, 0x04, 0, 0, 0, 0]))
         .unwrap();
-    c.write_all(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &request_block(false),
-    ))
-    .unwrap();
+    c.write_all(&get_on_stream_1()).unwrap();
     let start = Instant::now();
     let closed = closed_by_server(&mut c, start, Duration::from_secs(15));
     assert!(

@@ -533,6 +533,26 @@ impl Traffic {
 
 /// The error of a deploy outcome (status's `last_deploy`, or a reply) that
 /// failed, as text; None when it did not fail.
+/// Whether every worker in a `status` is ready.
+pub fn all_ready(status: &Value) -> bool {
+    status["workers"]
+        .as_array()
+        .is_some_and(|w| w.iter().all(|w| w["state"] == "ready"))
+}
+
+/// Sends `bytes` on a new connection and returns all that came back (the
+/// request should say `Connection: close`), waiting at most 10 s.
+pub fn raw_exchange(server: &Server, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let _ = conn.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 pub fn deploy_error(outcome: &Value) -> Option<String> {
     matches!(outcome["outcome"].as_str(), Some("refused" | "rolled_back"))
         .then(|| outcome["error"].to_string())

@@ -87,13 +87,7 @@ fn a_fifo_or_dev_zero_as_handler_is_refused_and_stalls_nothing() {
     wait_for_refusal(&server, "character device");
     // Nothing was stuck meanwhile: the workers are the same, all ready.
     let s = server.status();
-    assert!(
-        s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|w| w["state"] == "ready")
-    );
+    assert!(all_ready(&s), "{s:#}");
     assert_eq!(s["generation"], 1);
     let ok = traffic.finish_clean();
     assert!(ok > 0);
@@ -183,13 +177,7 @@ fn an_artifact_damaged_while_serving_is_rebuilt_for_the_next_worker() {
     server.wait_for_line(Duration::from_secs(30), |l| {
         l.contains("compiling the handler again")
     });
-    let s = server.wait_for_status(|s| {
-        s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|w| w["state"] == "ready")
-    });
+    let s = server.wait_for_status(all_ready);
     let restarts = s["workers"][1]["restarts"].as_u64().unwrap();
     assert!(restarts <= 2, "{restarts} restarts: {s:#}");
     assert_ne!(
@@ -422,13 +410,7 @@ fn a_respawn_that_cannot_get_descriptors_is_retried() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(alive(pid), "the primary died when a respawn failed");
     set_nofile(pid, limit);
-    let s = server.wait_for_status(|s| {
-        s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|w| w["state"] == "ready")
-    });
+    let s = server.wait_for_status(all_ready);
     assert!(s["workers"][0]["restarts"].as_u64().unwrap() >= 1, "{s:#}");
     assert_eq!(get(&fresh_client(), &server.url("/")).unwrap().0, 200);
 }

@@ -362,6 +362,33 @@ impl Core {
         }
     }
 
+    /// A worker could not load its first version and exits. At start-up
+    /// that ends the primary; later its slot is refilled, and when the
+    /// artifact was found `damaged`, only once the cache has rebuilt it.
+    fn worker_failed(&mut self, now: Instant, worker: WorkerId, error: String, damaged: bool) {
+        tracing::error!(
+            worker = worker.index,
+            "worker could not load the handler: {error}"
+        );
+        if self.phase == Phase::Starting {
+            self.exit_now(Err(format!(
+                "worker {} could not load the handler: {error}",
+                worker.index
+            )));
+            return;
+        }
+        if damaged {
+            tracing::warn!("the artifact is damaged: compiling the handler again");
+            // The cache checks every artifact it hands out and rebuilds a
+            // damaged one; the replacement waits for it.
+            self.deploys.repairing = true;
+        }
+        self.worker_gone(now, worker, Gone::ChannelClosed);
+        if damaged {
+            self.repair(now);
+        }
+    }
+
     fn worker_said(&mut self, now: Instant, worker: WorkerId, msg: ToPrimary) {
         let Some(slot) = self.slot_of(worker) else {
             return;
@@ -376,38 +403,8 @@ impl Core {
                 }
             }
             ToPrimary::Ready { version } => self.worker_ready(now, worker, version),
-            ToPrimary::Failed { error } => {
-                tracing::error!(
-                    worker = worker.index,
-                    "worker could not load the handler: {error}"
-                );
-                if self.phase == Phase::Starting {
-                    self.exit_now(Err(format!(
-                        "worker {} could not load the handler: {error}",
-                        worker.index
-                    )));
-                } else {
-                    self.worker_gone(now, worker, Gone::ChannelClosed);
-                }
-            }
-            ToPrimary::ArtifactDamaged { error } => {
-                tracing::error!(
-                    worker = worker.index,
-                    "worker found the artifact damaged: {error}; compiling the handler again"
-                );
-                if self.phase == Phase::Starting {
-                    self.exit_now(Err(format!(
-                        "worker {} could not load the handler: {error}",
-                        worker.index
-                    )));
-                } else {
-                    // The cache checks every artifact it hands out and
-                    // rebuilds a damaged one; the replacement waits for it.
-                    self.deploys.repairing = true;
-                    self.worker_gone(now, worker, Gone::ChannelClosed);
-                    self.repair(now);
-                }
-            }
+            ToPrimary::Failed { error } => self.worker_failed(now, worker, error, false),
+            ToPrimary::ArtifactDamaged { error } => self.worker_failed(now, worker, error, true),
             ToPrimary::Loaded { version } => {
                 if let Some(slot) = self.slot_of(worker) {
                     slot.version = version.clone();
