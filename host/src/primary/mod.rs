@@ -33,7 +33,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use control::client as control_client;
@@ -156,7 +156,7 @@ struct Shell {
     inputs_tx: mpsc::UnboundedSender<Input>,
     /// (ready, healthy), for the admin endpoint's probes.
     health: watch::Sender<(bool, bool)>,
-    exit: Option<Result<(), String>>,
+    exit: Option<Result<(), core::StartFailure>>,
 }
 
 impl Shell {
@@ -208,10 +208,7 @@ impl Shell {
             };
             self.feed(input);
         }
-        match self.exit.take().expect("loop ends on exit") {
-            Ok(()) => Ok(()),
-            Err(e) => Err(anyhow!(e)),
-        }
+        Ok(self.exit.take().expect("loop ends on exit")?)
     }
 
     /// Hands one input to the core and performs the effects, feeding back

@@ -129,7 +129,7 @@ pub enum Effect {
     /// Close the listening socket (the drain has begun).
     StopListening,
     /// The primary is done: exit with this result.
-    Exit(Result<(), String>),
+    Exit(Result<(), StartFailure>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +149,35 @@ pub enum Announcement {
     /// SIGTERM: not ready any more, the drain follows (systemd: STOPPING).
     Draining,
 }
+
+/// Why the primary gives up: a worker could not start the first version.
+/// (Once it serves, a worker that fails is replaced instead.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartFailure {
+    /// It could not load the handler: its error, as it sent it.
+    Load { worker: usize, error: String },
+    /// Its process or channel ended before it was ready.
+    Gone { worker: usize, why: Gone },
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartFailure::Load { worker, error } => {
+                write!(f, "worker {worker} could not load the handler: {error}")
+            }
+            StartFailure::Gone { worker, why } => {
+                write!(
+                    f,
+                    "worker {worker} exited during start-up ({})",
+                    workers::describe(why)
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartFailure {}
 
 /// The core's limits and timings, from the checked configuration.
 #[derive(Debug, Clone)]
@@ -371,10 +400,10 @@ impl Core {
             "worker could not load the handler: {error}"
         );
         if self.phase == Phase::Starting {
-            self.exit_now(Err(format!(
-                "worker {} could not load the handler: {error}",
-                worker.index
-            )));
+            self.exit_now(Err(StartFailure::Load {
+                worker: worker.index,
+                error,
+            }));
             return;
         }
         if damaged {
@@ -674,7 +703,7 @@ impl Core {
         }
     }
 
-    fn exit_now(&mut self, result: Result<(), String>) {
+    fn exit_now(&mut self, result: Result<(), StartFailure>) {
         if self.phase == Phase::Done {
             return;
         }

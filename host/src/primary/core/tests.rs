@@ -185,7 +185,7 @@ fn a_worker_failing_at_start_up_ends_the_primary_with_its_error() {
     ));
     assert!(
         fx.iter().any(
-            |e| matches!(e, Effect::Exit(Err(m)) if m.contains("worker 1") && m.contains("bad"))
+            |e| matches!(e, Effect::Exit(Err(StartFailure::Load { worker: 1, error })) if error == "bad")
         )
     );
     assert!(sim.core.is_done());

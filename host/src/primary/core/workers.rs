@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Announcement, ControlId, Core, Effect, Gone, Phase, WorkerId, WorkerState};
+use super::{
+    Announcement, ControlId, Core, Effect, Gone, Phase, StartFailure, WorkerId, WorkerState,
+};
 use crate::ipc::ToWorker;
 use crate::ipc::WorkerCounts;
 use crate::primary::control::protocol::{Refusal, Reply, ScaleOutcome, WorkerStatus};
@@ -228,11 +230,10 @@ impl Core {
         self.answer_status_waits(now);
         match self.phase {
             Phase::Starting => {
-                let why = describe(&why);
-                self.exit_now(Err(format!(
-                    "worker {} exited during start-up ({why})",
-                    worker.index
-                )));
+                self.exit_now(Err(StartFailure::Gone {
+                    worker: worker.index,
+                    why,
+                }));
                 return;
             }
             Phase::Draining { .. } | Phase::Done => return,
@@ -410,7 +411,7 @@ impl Core {
     }
 }
 
-fn describe(why: &Gone) -> String {
+pub(super) fn describe(why: &Gone) -> String {
     match why {
         Gone::ChannelClosed => "channel closed".into(),
         Gone::ChannelBroken(e) => format!("channel broken: {e}"),
