@@ -167,17 +167,7 @@ fn empty_data_frames_are_bounded() {
 
 #[test]
 fn a_stream_the_client_gives_no_window_is_abandoned_after_the_send_timeout() {
-    let server = Server::start(
-        &guests().hello,
-        &[
-            "--workers",
-            "1",
-            "--max-connections",
-            "1",
-            "--send-timeout",
-            "2s",
-        ],
-    );
+    let server = Server::start(&guests().hello, &ONE_SLOT);
     let mut c = TcpStream::connect(server.addr).unwrap();
     c.write_all(PREFACE).unwrap();
     // SETTINGS_INITIAL_WINDOW_SIZE = 0: no stream may send a byte of DATA.

@@ -533,6 +533,17 @@ impl Traffic {
 
 /// The error of a deploy outcome (status's `last_deploy`, or a reply) that
 /// failed, as text; None when it did not fail.
+/// One worker with one connection slot and a 2 s --send-timeout: what the
+/// slow-client tests need to see a slot held and freed.
+pub const ONE_SLOT: [&str; 6] = [
+    "--workers",
+    "1",
+    "--max-connections",
+    "1",
+    "--send-timeout",
+    "2s",
+];
+
 /// Whether every worker in a `status` is ready.
 pub fn all_ready(status: &Value) -> bool {
     status["workers"]

@@ -230,16 +230,7 @@ fn connections_beyond_the_limit_wait_for_a_slot() {
 fn a_client_that_stops_reading_loses_its_connection_after_the_send_timeout() {
     let server = Server::start(
         &guests().echo,
-        &[
-            "--workers",
-            "1",
-            "--max-connections",
-            "1",
-            "--send-timeout",
-            "2s",
-            "--request-timeout",
-            "60s",
-        ],
+        &[&ONE_SLOT[..], &["--request-timeout", "60s"]].concat(),
     );
     // 1 GiB that this client never reads: the socket buffers fill, and the
     // server's writes wait.

@@ -45,6 +45,9 @@ pub struct Bucket {
     name: String,
 }
 
+/// The values of a `get-many`, in the order of its keys (None: no such key).
+pub type Values = Vec<Option<Vec<u8>>>;
+
 /// What a backend stores: buckets of keys to bytes.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
@@ -59,12 +62,7 @@ pub trait Backend: Send + Sync {
     async fn increment(&self, bucket: &str, key: &str, delta: u64) -> Result<u64>;
     /// The values of `keys`, refused (`Refused`) when keys and values come
     /// to more than `max_bytes`.
-    async fn get_many(
-        &self,
-        bucket: &str,
-        keys: Vec<String>,
-        max_bytes: u64,
-    ) -> Result<Vec<Option<Vec<u8>>>>;
+    async fn get_many(&self, bucket: &str, keys: Vec<String>, max_bytes: u64) -> Result<Values>;
     async fn set_many(&self, bucket: &str, pairs: Vec<(String, Vec<u8>)>) -> Result<()>;
     async fn delete_many(&self, bucket: &str, keys: Vec<String>) -> Result<()>;
 }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Value};
 
-use super::{Backend, answer_too_big, full};
+use super::{Backend, Values, answer_too_big, full};
 
 pub struct Redis {
     conn: ConnectionManager,
@@ -182,12 +182,7 @@ impl Backend for Redis {
         new.parse().context("the stored number is negative")
     }
 
-    async fn get_many(
-        &self,
-        bucket: &str,
-        keys: Vec<String>,
-        max_bytes: u64,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&self, bucket: &str, keys: Vec<String>, max_bytes: u64) -> Result<Values> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }

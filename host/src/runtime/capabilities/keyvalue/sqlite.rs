@@ -31,7 +31,7 @@ use rusqlite::{
     params,
 };
 
-use super::{Backend, answer_too_big, full, parse_counter};
+use super::{Backend, Values, answer_too_big, full, parse_counter};
 
 /// Keys per `list-keys` page.
 const PAGE: u64 = 1000;
@@ -77,12 +77,7 @@ impl Op {
 
     /// Marks the operation running, unless it was cancelled before it started.
     fn start(&self) -> Result<()> {
-        let mut s = self.state();
-        if s.cancelled {
-            bail!("cancelled before it started: past --keyvalue-timeout");
-        }
-        s.running = true;
-        Ok(())
+        self.unless_cancelled(|s| s.running = true)
     }
 
     /// Fails once the operation is cancelled: checked between statements
@@ -97,11 +92,16 @@ impl Op {
     /// The last check before a commit, atomic with cancelling: either the
     /// operation was cancelled, or from now on it cannot be.
     fn commit(&self) -> Result<()> {
+        self.unless_cancelled(|s| s.committing = true)
+    }
+
+    /// Moves the operation on (`next`) under its lock, unless it is cancelled.
+    fn unless_cancelled(&self, next: impl FnOnce(&mut OpState)) -> Result<()> {
         let mut s = self.state();
         if s.cancelled {
             bail!("cancelled: past --keyvalue-timeout");
         }
-        s.committing = true;
+        next(&mut s);
         Ok(())
     }
 
@@ -406,12 +406,7 @@ impl Backend for Sqlite {
         .await
     }
 
-    async fn get_many(
-        &self,
-        bucket: &str,
-        keys: Vec<String>,
-        max_bytes: u64,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn get_many(&self, bucket: &str, keys: Vec<String>, max_bytes: u64) -> Result<Values> {
         let b = bucket.to_string();
         self.with(move |c, op| {
             let mut stmt =
