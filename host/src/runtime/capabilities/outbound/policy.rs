@@ -18,7 +18,7 @@
 //! scheme and port. A range wholly inside the internal ones (`10.0.0.0/8`)
 //! is the explicit grant.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::LazyLock;
 
 use anyhow::{Result, bail, ensure};
@@ -184,6 +184,17 @@ fn parse_pattern(spec: &str) -> Result<Pattern> {
                     internal.what
                 );
             }
+            let unspecified: IpAddr = match net {
+                IpNet::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                IpNet::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+            };
+            // Connecting to 0.0.0.0 or :: reaches this machine's own
+            // services, whatever the pattern seemed to mean.
+            ensure!(
+                !net.contains(&unspecified),
+                "{net} holds the unspecified address {unspecified}, which connects to this \
+                 machine itself: name 127.0.0.1 or ::1 if that is meant"
+            );
         }
         Host::Name(_) | Host::Subdomains(_) => {}
     }
@@ -407,6 +418,9 @@ mod tests {
             ("http://::ffff:0:0/96", "IPv4-mapped"),
             ("http://::/96", "::1/128, loopback"),
             ("http://2002::/16", "6to4"),
+            ("http://0.0.0.0:8080", "unspecified address 0.0.0.0"),
+            ("http://[::]:8080", "unspecified address ::"),
+            ("*://0.0.0.0/8", "connects to this machine itself"),
         ] {
             let err = AllowList::parse(&[spec.to_string()]).unwrap_err();
             let text = format!("{err:#}");
