@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/debug/wcluster}
-help_flags=$("$bin" serve --help | grep -oE '^\s+(-[a-zA-Z], )?--[a-z0-9-]+' \
+# Only the flag column: `  -h, --help` or `      --addr`; never a
+# description line that happens to start with a flag.
+help_flags=$("$bin" serve --help | grep -oE '^(  -[a-zA-Z], |      )--[a-z0-9-]+' \
   | grep -oE -- '--[a-z0-9-]+' | grep -vxE -- '--help|--version' | sort -u)
 # The first column of the table under "## Flags" (a cell may name several).
 readme_flags=$(awk '/^## Flags/ {on=1; next} /^## / {on=0} on && /^\| `--/' README.md \

@@ -7,7 +7,9 @@
 //!   (at most MAX_ACK_BATCH ids), before the worker waits for the next
 //!   message and before it handles any message that is not a connection;
 //! - every other message this link sends goes out after the
-//!   acknowledgements pending at that moment.
+//!   acknowledgements pending at that moment (a message of another task
+//!   may overtake acknowledgements whose send is still waiting: the
+//!   primary needs them in order with connections, not with reports).
 
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
@@ -35,6 +37,8 @@ pub enum Next {
         fd: OwnedFd,
     },
     Other(ToWorker),
+    /// A message that could not be read (logged; the channel goes on).
+    Bad(std::io::Error),
     /// The primary is gone.
     Closed,
 }
@@ -58,6 +62,7 @@ impl Link {
 
     /// The next message from the primary. Pending acknowledgements go out
     /// first whenever this would wait, or the message is not a connection.
+    /// An error is a failed send of acknowledgements: the channel is broken.
     pub async fn next(&self) -> std::io::Result<Next> {
         let next = match self.chan.try_recv::<ToWorker>() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -66,10 +71,11 @@ impl Link {
             }
             other => other,
         };
-        let next = match next? {
-            Some((ToWorker::Conn { id }, Some(fd))) => return Ok(Next::Conn { id, fd }),
-            Some((msg, _)) => Next::Other(msg),
-            None => Next::Closed,
+        let next = match next {
+            Ok(Some((ToWorker::Conn { id }, Some(fd)))) => return Ok(Next::Conn { id, fd }),
+            Ok(Some((msg, _))) => Next::Other(msg),
+            Ok(None) => Next::Closed,
+            Err(e) => Next::Bad(e),
         };
         self.acknowledge().await?;
         Ok(next)

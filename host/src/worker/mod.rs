@@ -78,25 +78,25 @@ async fn run(fd: OwnedFd) -> Result<()> {
 
     let graceful = GracefulShutdown::new();
     loop {
-        match link.next().await {
-            Ok(Next::Conn { id, fd }) => {
+        match link.next().await? {
+            Next::Conn { id, fd } => {
                 connection::serve(&ctx, fd, &graceful, &connections, tls.as_ref());
                 link.received(id).await?;
             }
-            Ok(Next::Other(ToWorker::Load(version))) => {
+            Next::Other(ToWorker::Load(version)) => {
                 deployer.spawn_load(ctx.clone(), link.clone(), version);
             }
-            Ok(Next::Other(ToWorker::Report)) => {
+            Next::Other(ToWorker::Report) => {
                 let (requests, in_flight, counts) = ctx.stats(connections.open());
                 link.stats(requests, in_flight, counts).await?;
             }
-            Ok(Next::Other(ToWorker::Drain)) => break,
-            Ok(Next::Other(other)) => {
+            Next::Other(ToWorker::Drain) => break,
+            Next::Other(other) => {
                 tracing::warn!("unexpected message from the primary: {other:?}")
             }
             // The primary is gone; PDEATHSIG ends us too, drain meanwhile.
-            Ok(Next::Closed) => break,
-            Err(e) => tracing::warn!("bad message from the primary: {e}"),
+            Next::Closed => break,
+            Next::Bad(e) => tracing::warn!("bad message from the primary: {e}"),
         }
     }
     drain(&ctx, &connections, init.drain_timeout).await;
