@@ -126,8 +126,11 @@ async fn answer(stream: UnixStream, tx: mpsc::UnboundedSender<Request>) -> Resul
         .uid();
     let server = nix::unistd::geteuid().as_raw();
     let (read, mut write) = stream.into_split();
+    // Read first, whoever asks: a refusal sent before the client has
+    // written its request would break its write (EPIPE) and hide the reason.
+    let line = read_request(read).await?;
     let reply = if permitted(peer, server) {
-        request(read, tx).await?
+        ask(&line, tx).await
     } else {
         tracing::warn!("control connection from uid {peer} refused: not this server's user");
         Reply::Refused {
@@ -140,11 +143,8 @@ async fn answer(stream: UnixStream, tx: mpsc::UnboundedSender<Request>) -> Resul
     Ok(())
 }
 
-/// Reads one request line and has the primary's loop answer it.
-async fn request(
-    read: tokio::net::unix::OwnedReadHalf,
-    tx: mpsc::UnboundedSender<Request>,
-) -> Result<Reply> {
+/// One request line, within READ_TIMEOUT and MAX_LINE.
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<String> {
     let mut line = String::new();
     tokio::time::timeout(
         READ_TIMEOUT,
@@ -152,22 +152,25 @@ async fn request(
     )
     .await
     .context("no request in time")??;
-    Ok(
-        match serde_json::from_str::<protocol::Request>(line.trim()) {
-            Ok(request) => {
-                let (reply_tx, reply_rx) = oneshot::channel();
-                tx.send((request, reply_tx)).ok();
-                reply_rx.await.unwrap_or(Reply::Refused {
-                    reason: Refusal::ShuttingDown,
-                })
-            }
-            Err(e) => Reply::Refused {
-                reason: Refusal::BadRequest {
-                    error: e.to_string(),
-                },
+    Ok(line)
+}
+
+/// Has the primary's loop answer the request in `line`.
+async fn ask(line: &str, tx: mpsc::UnboundedSender<Request>) -> Reply {
+    match serde_json::from_str::<protocol::Request>(line.trim()) {
+        Ok(request) => {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            tx.send((request, reply_tx)).ok();
+            reply_rx.await.unwrap_or(Reply::Refused {
+                reason: Refusal::ShuttingDown,
+            })
+        }
+        Err(e) => Reply::Refused {
+            reason: Refusal::BadRequest {
+                error: e.to_string(),
             },
         },
-    )
+    }
 }
 
 #[cfg(test)]
