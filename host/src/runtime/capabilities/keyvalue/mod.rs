@@ -11,9 +11,9 @@
 //! and the store's size (`--keyvalue-max-bytes`); every operation by
 //! `--keyvalue-timeout`: a backend that is down gives the guest an error
 //! (and the log a line), never a hung request, and an operation past its
-//! deadline is cancelled or never started, so it cannot commit after its
-//! guest was told it failed. A Redis URL's credentials appear in no
-//! message.
+//! deadline is cancelled or never started; only a write whose commit (or
+//! Redis command) had already gone out may still land after its guest was
+//! told it failed. A Redis URL's credentials appear in no message.
 
 mod redis;
 pub(crate) mod sqlite;
