@@ -10,6 +10,9 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::cli::{CapabilityArgs, LimitArgs, LogFormat, ServeArgs};
 
 pub mod admin;
+pub mod app;
+pub mod manifest;
+pub mod routes;
 pub mod tls;
 pub mod worker;
 
@@ -382,6 +385,7 @@ fn keyvalue_grant(caps: &CapabilityArgs, cache_dir: &Path) -> Result<KeyValueGra
         max_batch: caps.keyvalue_max_batch,
         max_batch_bytes: caps.keyvalue_max_batch_bytes.as_u64(),
         max_bytes: caps.keyvalue_max_bytes.as_u64(),
+        buckets: None,
     })
 }
 

@@ -142,6 +142,10 @@ pub struct KeyValueGrant {
     pub max_batch_bytes: u64,
     /// The whole store's size.
     pub max_bytes: u64,
+    /// The buckets the handler may open (a manifest's `key_value_stores`);
+    /// None: any (the one-handler mode).
+    #[serde(default)]
+    pub buckets: Option<Vec<String>>,
 }
 
 impl Default for KeyValueGrant {
@@ -154,6 +158,7 @@ impl Default for KeyValueGrant {
             max_batch: 1000,
             max_batch_bytes: 4 << 20,
             max_bytes: 256 << 20,
+            buckets: None,
         }
     }
 }

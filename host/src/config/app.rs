@@ -1,0 +1,161 @@
+//! An application: the handlers one server runs and the routes to them.
+//! `wcluster serve handler.wasm` is an application of one handler that
+//! every path reaches; `wcluster serve app.toml` (config/manifest.rs) names
+//! several. Plain data: it travels to the workers in `Init` and `Load`, and
+//! the primary's core rolls it as one value, so a worker swaps its whole
+//! routing table at once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::worker::{Grants, Reuse, SmokeCheck, Version};
+
+/// What one handler may reach and how far a request into it may go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerSettings {
+    pub grants: Grants,
+    pub limits: HandlerLimits,
+}
+
+/// The limits a manifest may set per handler (the flags set the defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerLimits {
+    /// The request deadline.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub max_body: u64,
+    /// Linear memory one instance may grow to (at most --max-memory, the
+    /// engine's, which bounds every handler).
+    pub max_memory: u64,
+    pub reuse: Reuse,
+    pub max_instance_concurrency: u32,
+    pub smoke: SmokeCheck,
+}
+
+/// Which requests reach a handler. `path` is `/` or starts with `/` and
+/// has no trailing `/...`; `prefix` routes (`route = "/api/..."`) match
+/// the path itself and everything below it, exact ones the path alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Route {
+    /// Lowercase, without a port; None matches any host.
+    pub host: Option<String>,
+    pub path: String,
+    pub prefix: bool,
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(host) = &self.host {
+            write!(f, "{host}")?;
+        }
+        match (self.prefix, self.path.as_str()) {
+            (true, "/") => f.write_str("/..."),
+            (true, path) => write!(f, "{path}/..."),
+            (false, path) => f.write_str(path),
+        }
+    }
+}
+
+/// A handler as a manifest (or the flags) describe it, before it is compiled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerPlan {
+    /// Letters, digits, `-` and `_`: metrics labels and `wcluster reload
+    /// NAME` use it.
+    pub name: String,
+    /// The handler file (absolute).
+    pub source: PathBuf,
+    pub routes: Vec<Route>,
+    pub settings: HandlerSettings,
+}
+
+/// An application before its handlers are compiled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppPlan {
+    pub handlers: Vec<HandlerPlan>,
+    /// Read from a manifest: guests are told where they were mounted.
+    pub manifest: bool,
+}
+
+/// A handler compiled: its plan and the version workers load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerSpec {
+    pub plan: HandlerPlan,
+    pub version: Version,
+}
+
+impl HandlerSpec {
+    pub fn name(&self) -> &str {
+        &self.plan.name
+    }
+}
+
+/// An application whose handlers are all compiled: what a worker serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    /// The one-handler mode: the handler's version; a manifest: a short
+    /// hash over every handler's version, routes and settings. Two apps
+    /// with one id serve alike.
+    pub id: String,
+    pub handlers: Vec<HandlerSpec>,
+    pub manifest: bool,
+}
+
+impl App {
+    pub fn new(handlers: Vec<HandlerSpec>, manifest: bool) -> App {
+        let id = match handlers.as_slice() {
+            [only] if !manifest => only.version.id.clone(),
+            _ => {
+                let mut h = Sha256::new();
+                for spec in &handlers {
+                    let text = serde_json::to_string(&(&spec.plan, &spec.version.id))
+                        .expect("plain data serializes");
+                    h.update(text.as_bytes());
+                    h.update([0]);
+                }
+                let hex: String = h.finalize()[..6]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("app-{hex}")
+            }
+        };
+        App {
+            id,
+            handlers,
+            manifest,
+        }
+    }
+
+    pub fn handler(&self, name: &str) -> Option<&HandlerSpec> {
+        self.handlers.iter().find(|h| h.name() == name)
+    }
+
+    /// This app with one handler's version replaced (a handler-only deploy
+    /// or rollback); the other handlers and every route stay as they are.
+    pub fn with_handler(&self, spec: HandlerSpec) -> App {
+        let handlers = self
+            .handlers
+            .iter()
+            .map(|h| {
+                if h.name() == spec.name() {
+                    spec.clone()
+                } else {
+                    h.clone()
+                }
+            })
+            .collect();
+        App::new(handlers, self.manifest)
+    }
+
+    /// `name version, name version, ...`: what status and logs show.
+    pub fn versions(&self) -> String {
+        self.handlers
+            .iter()
+            .map(|h| format!("{} {}", h.name(), h.version.id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
