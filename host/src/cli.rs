@@ -29,10 +29,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show the workers, their versions and the last deploy.
     Status(ControlArgs),
-    /// Deploy the handler file now (as when it changes on disk).
-    Reload(ControlArgs),
-    /// Roll back to the previous good version.
-    Rollback(ControlArgs),
+    /// Deploy now (as when a file changes on disk): the handler file, or the
+    /// manifest and every handler it names; with NAME, that handler's file alone.
+    Reload(HandlerCommandArgs),
+    /// Roll back to the previous good version; with NAME, of that handler alone.
+    Rollback(HandlerCommandArgs),
     /// Change the number of workers while serving (draining the removed ones).
     Scale(ScaleArgs),
     /// Internal: a worker process, spawned by the primary.
@@ -358,6 +359,15 @@ pub struct ControlArgs {
     /// Print the server's reply as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HandlerCommandArgs {
+    /// A handler of the manifest (`wcluster status` lists them).
+    #[arg(value_name = "NAME")]
+    pub handler: Option<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 #[derive(Args, Debug)]

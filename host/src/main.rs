@@ -31,8 +31,18 @@ fn main() -> ExitCode {
             config::Config::from_args(args).and_then(primary::main)
         }
         Command::Status(args) => primary::control_client(Request::Status, args),
-        Command::Reload(args) => primary::control_client(Request::Reload, args),
-        Command::Rollback(args) => primary::control_client(Request::Rollback, args),
+        Command::Reload(args) => primary::control_client(
+            Request::Reload {
+                handler: args.handler,
+            },
+            args.control,
+        ),
+        Command::Rollback(args) => primary::control_client(
+            Request::Rollback {
+                handler: args.handler,
+            },
+            args.control,
+        ),
         Command::Scale(args) => primary::control_client(
             Request::Scale {
                 workers: args.workers,

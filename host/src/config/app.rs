@@ -46,6 +46,17 @@ pub struct Route {
     pub prefix: bool,
 }
 
+impl Route {
+    /// Every path, whatever the host: the one-handler mode's route.
+    pub fn catch_all() -> Route {
+        Route {
+            host: None,
+            path: "/".into(),
+            prefix: true,
+        }
+    }
+}
+
 impl std::fmt::Display for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some(host) = &self.host {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::cli::{CapabilityArgs, LimitArgs, LogFormat, ServeArgs};
+use app::{HandlerLimits, HandlerSettings};
 
 pub mod admin;
 pub mod app;
@@ -28,9 +29,31 @@ pub struct CompileLimits {
     pub max_module_size: u64,
 }
 
+/// What `wcluster serve` was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// One handler file (.wasm, .wat): every path reaches it.
+    Handler(PathBuf),
+    /// An application manifest (.toml): several handlers and their routes.
+    Manifest(PathBuf),
+}
+
+impl Source {
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Handler(p) | Source::Manifest(p) => p,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub handler: PathBuf,
+    pub source: Source,
+    /// The flags' grants and limits: the one handler's, and the defaults
+    /// of a manifest's handlers.
+    pub defaults: HandlerSettings,
+    /// --max-config-size bounds the manifest too.
+    pub max_manifest_size: u64,
     pub addr: SocketAddr,
     pub workers: usize,
     pub max_workers: usize,
@@ -39,17 +62,15 @@ pub struct Config {
     pub engine: EngineSettings,
     pub limits: RequestLimits,
     pub compile: CompileLimits,
-    pub grants: Grants,
     pub drain_timeout: Duration,
     pub drain_delay: Duration,
     pub admin: Option<admin::Admin>,
     pub log_format: LogFormat,
-    pub smoke: SmokeCheck,
+    /// --smoke-timeout (each handler has its own smoke path).
+    pub smoke_timeout: Duration,
     pub control: Option<PathBuf>,
     pub watch: bool,
     pub liveness_timeout: Duration,
-    pub reuse_instances: Reuse,
-    pub max_instance_concurrency: u32,
     /// --tls-cert and --tls-key (absolute), checked: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -70,6 +91,15 @@ impl Config {
             "handler `{}` does not exist or is not a file",
             handler.display()
         );
+        // The manifest names files relative to itself, and the watcher
+        // needs its directory: absolute from here on.
+        let handler = std::path::absolute(&handler)
+            .with_context(|| format!("cannot resolve `{}`", handler.display()))?;
+        let source = if handler.extension().is_some_and(|e| e == "toml") {
+            Source::Manifest(handler)
+        } else {
+            Source::Handler(handler)
+        };
         ensure!(
             (1..=1024).contains(&args.max_workers),
             "--max-workers must be between 1 and 1024, got {}",
@@ -100,8 +130,24 @@ impl Config {
             "--max-instance-concurrency must be between 1 and 1024"
         );
         let grants = grants(&args.caps, &args.env, &args.dir, &cache_dir)?;
+        let defaults = HandlerSettings {
+            grants,
+            limits: HandlerLimits {
+                timeout: l.request_timeout,
+                max_body: l.max_body.as_u64(),
+                max_memory: l.max_memory.as_u64(),
+                reuse: args.reuse_instances.unwrap_or(Reuse::Default),
+                max_instance_concurrency: args.max_instance_concurrency,
+                smoke: SmokeCheck {
+                    path: args.smoke_path,
+                    timeout: args.smoke_timeout,
+                },
+            },
+        };
         Ok(Self {
-            handler,
+            source,
+            defaults,
+            max_manifest_size: args.caps.max_config_size.as_u64(),
             addr: args.addr,
             workers,
             max_workers: args.max_workers,
@@ -129,7 +175,6 @@ impl Config {
                 max_memory: l.compile_max_memory.as_u64(),
                 max_module_size: l.max_module_size.as_u64(),
             },
-            grants,
             drain_timeout: args.drain_timeout,
             drain_delay: args.drain_delay,
             admin: admin::check(
@@ -138,15 +183,10 @@ impl Config {
                 args.admin_max_connections,
             )?,
             log_format: args.log_format,
-            smoke: SmokeCheck {
-                path: args.smoke_path,
-                timeout: args.smoke_timeout,
-            },
+            smoke_timeout: args.smoke_timeout,
             control: args.control,
             watch: !args.no_watch && !builtin,
             liveness_timeout: args.liveness_timeout,
-            reuse_instances: args.reuse_instances.unwrap_or(Reuse::Default),
-            max_instance_concurrency: args.max_instance_concurrency,
             tls,
         })
     }

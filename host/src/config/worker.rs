@@ -185,16 +185,12 @@ pub struct Version {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInit {
     pub index: usize,
-    pub version: Version,
+    /// The application to serve first: its handlers, their grants and limits.
+    pub app: super::app::App,
     pub engine: EngineSettings,
     pub limits: RequestLimits,
-    pub grants: Grants,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    pub smoke: SmokeCheck,
-    pub reuse_instances: Reuse,
-    /// With reuse: requests one WASI 0.3 instance serves at once.
-    pub max_instance_concurrency: u32,
     /// HTTPS: the PEM files (certificate chain, private key) of --tls-cert
     /// and --tls-key, which the primary has checked; the worker loads them
     /// and follows their changes (worker/tls.rs). None: plain HTTP.

@@ -127,6 +127,17 @@ pub const REJECTED: Metric = Metric {
     kind: Kind::Counter,
 };
 
+pub const HANDLER_REQUESTS: Metric = Metric {
+    name: "wcluster_handler_requests_total",
+    help: "Requests each handler of the application answered, by status code.",
+    kind: Kind::Counter,
+};
+pub const HANDLER_GUEST_FAILURES: Metric = Metric {
+    name: "wcluster_handler_guest_failures_total",
+    help: "Guest calls of each handler that gave no response, by why.",
+    kind: Kind::Counter,
+};
+
 /// Upper bounds (seconds) of the request-duration histogram's buckets.
 pub const DURATION_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -145,8 +156,19 @@ pub struct WorkerCounts {
     pub duration_sum: f64,
     pub guest_failures: BTreeMap<FailureKind, u64>,
     pub rejected: BTreeMap<Rejection, u64>,
+    /// Per handler (its name from the manifest): requests by status, and
+    /// guest failures.
+    #[serde(default)]
+    pub handlers: BTreeMap<String, HandlerCounts>,
     #[serde(flatten)]
     pub plain: Plain,
+}
+
+/// One handler's part of a worker's counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HandlerCounts {
+    pub requests: BTreeMap<u16, u64>,
+    pub guest_failures: BTreeMap<FailureKind, u64>,
 }
 
 impl WorkerCounts {
@@ -175,6 +197,15 @@ impl WorkerCounts {
         }
         for (why, n) in &other.rejected {
             *self.rejected.entry(*why).or_default() += n;
+        }
+        for (name, theirs) in &other.handlers {
+            let mine = self.handlers.entry(name.clone()).or_default();
+            for (status, n) in &theirs.requests {
+                *mine.requests.entry(*status).or_default() += n;
+            }
+            for (kind, n) in &theirs.guest_failures {
+                *mine.guest_failures.entry(*kind).or_default() += n;
+            }
         }
         self.plain.add(&other.plain);
     }

@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::counts::WorkerCounts;
-use crate::config::worker::{Version, WorkerInit};
+use crate::config::app::App;
+use crate::config::worker::WorkerInit;
 
 /// Messages the primary sends to a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,9 +18,10 @@ pub enum ToWorker {
     /// A client connection; its fd rides along. Acknowledge with `Accepted`
     /// (connections that arrive together in one).
     Conn { id: u64 },
-    /// Load this artifact, smoke-check it and swap it in; answer `Loaded`
-    /// or `LoadFailed`. Requests in flight finish on the old version.
-    Load(Version),
+    /// Load this version of the application (the handlers the worker does
+    /// not have yet), smoke-check them and swap the whole app in; answer
+    /// `Loaded` or `LoadFailed`. Requests in flight finish on the old one.
+    Load(Box<App>),
     /// Stop taking connections, finish what is in flight, exit.
     Drain,
     /// Answer with `Stats` now (for `wcluster status`).

@@ -327,12 +327,32 @@ fn requests(f: &mut Families, t: &WorkerCounts) {
         .iter()
         .map(|r| (r.as_str(), t.rejected.get(r)));
     labelled(f, counts::REJECTED, Rejection::LABEL, rejected);
+    handlers(f, t);
     for (m, value) in Plain::METRICS.iter().zip(t.plain.values()) {
         let kind = match m.kind {
             Kind::Counter => MetricType::COUNTER,
             Kind::Gauge => MetricType::GAUGE,
         };
         f.sample(m.name, m.help.trim(), kind, &[], value as f64);
+    }
+}
+
+/// Each handler's requests and failures: the `handler` label's values are
+/// the manifest's names, never anything a request chose.
+fn handlers(f: &mut Families, t: &WorkerCounts) {
+    for (name, c) in &t.handlers {
+        let m = counts::HANDLER_REQUESTS;
+        for (status, n) in &c.requests {
+            let code = status.to_string();
+            let labels = [("handler", name.as_str()), ("code", &code)];
+            f.counter(m.name, m.help, &labels, *n);
+        }
+        let m = counts::HANDLER_GUEST_FAILURES;
+        for kind in FailureKind::ALL {
+            let n = c.guest_failures.get(kind).copied().unwrap_or(0);
+            let labels = [("handler", name.as_str()), (FailureKind::LABEL, kind.as_str())];
+            f.counter(m.name, m.help, &labels, n);
+        }
     }
 }
 

@@ -25,6 +25,7 @@ mod listener;
 mod metrics;
 mod notify;
 mod processes;
+pub mod release;
 mod watcher;
 
 use std::collections::{HashMap, VecDeque};
@@ -39,11 +40,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use control::client as control_client;
 
 use crate::config::{Config, WorkerInit};
-use crate::runtime::artifact;
 use crate::signal;
 use control::protocol::Reply;
 use core::{Announcement, ConnId, ControlId, Core, Effect, Gone, Input, Settings};
 use processes::Processes;
+use release::{Release, Scope};
 
 /// Quiet time after the last file event before a deploy starts: a copy or
 /// an editor's save is several events.
@@ -61,21 +62,16 @@ pub fn main(config: Config) -> Result<()> {
 }
 
 async fn run(config: Config) -> Result<()> {
-    crate::runtime::capabilities::check(&config.grants)?;
+    crate::runtime::capabilities::check(&config.defaults.grants)?;
     let config = Arc::new(config);
-    let first = artifact::prepare(
-        &config.handler,
-        &config.cache_dir,
-        &config.engine,
-        &config.compile,
-    )
-    .await?;
+    let first = release::build(&config, &Scope::All, None).await?;
     tracing::info!(
         version = %first.version,
         compiled = first.compiled,
         ms = first.compile_time.as_millis() as u64,
-        "handler `{}` ready",
-        config.handler.display()
+        "`{}` ready: {}",
+        config.source.path().display(),
+        first.app.versions()
     );
     let listener = listener::listen(config.addr, config.backlog)?;
     let addr = listener.local_addr()?;
@@ -91,8 +87,9 @@ async fn run(config: Config) -> Result<()> {
         tracing::info!("admin endpoint: http://{bound}/ (healthz, readyz, metrics, status)");
     }
     let _cleanup = RemoveOnDrop(control_path.clone());
-    let (_watcher, file_events) = if config.watch {
-        let (w, rx) = watcher::watch(&config.handler)?;
+    let (watcher, file_events) = if config.watch {
+        let (mut w, rx) = watcher::Watcher::new()?;
+        w.set(&release::watched(&config, &first.app))?;
         (Some(w), rx)
     } else {
         (None, mpsc::unbounded_channel().1)
@@ -101,20 +98,16 @@ async fn run(config: Config) -> Result<()> {
     let (inputs_tx, inputs) = mpsc::unbounded_channel();
     let init = WorkerInit {
         index: 0,
-        version: first.version(),
+        app: first.app.clone(),
         engine: config.engine.clone(),
         limits: config.limits.clone(),
-        grants: config.grants.clone(),
         drain_timeout: config.drain_timeout,
-        smoke: config.smoke.clone(),
-        reuse_instances: config.reuse_instances,
-        max_instance_concurrency: config.max_instance_concurrency,
         tls: config.tls.clone(),
     };
     let settings = Settings {
         workers: config.workers,
         max_workers: config.max_workers,
-        load_timeout: config.smoke.timeout + LOAD_MARGIN,
+        load_timeout: config.smoke_timeout + LOAD_MARGIN,
         liveness_timeout: config.liveness_timeout,
         drain_timeout: config.drain_timeout,
         drain_delay: config.drain_delay,
@@ -133,6 +126,7 @@ async fn run(config: Config) -> Result<()> {
         next_control: 1,
         procs: Processes::new(init, config.log_format, inputs_tx.clone()),
         inputs_tx,
+        watcher,
         health: health_tx,
         exit: None,
     };
@@ -154,6 +148,7 @@ struct Shell {
     next_control: ControlId,
     procs: Processes,
     inputs_tx: mpsc::UnboundedSender<Input>,
+    watcher: Option<watcher::Watcher>,
     /// (ready, healthy), for the admin endpoint's probes.
     health: watch::Sender<(bool, bool)>,
     exit: Option<Result<(), core::StartFailure>>,
@@ -165,7 +160,7 @@ impl Shell {
         mut inputs: mpsc::UnboundedReceiver<Input>,
         mut control: mpsc::UnboundedReceiver<control::Request>,
         mut signals: mpsc::UnboundedReceiver<signal::SignalEvent>,
-        mut file_events: mpsc::UnboundedReceiver<()>,
+        mut file_events: mpsc::UnboundedReceiver<Scope>,
     ) -> Result<()> {
         let ping = notify::watchdog_interval();
         let mut watchdog = tokio::time::interval(ping.unwrap_or(Duration::from_secs(3600)));
@@ -184,7 +179,7 @@ impl Shell {
                     self.replies.insert(id, reply);
                     Input::Control(id, request)
                 }
-                Some(()) = file_events.recv() => Input::FileChanged,
+                Some(scope) = file_events.recv() => Input::FileChanged(scope),
                 accepted = accept(self.listener.as_ref(), accepting) => match accepted {
                     Ok(stream) => {
                         let id = self.next_conn;
@@ -217,6 +212,9 @@ impl Shell {
         if let Input::WorkerGone(worker, Gone::Exited(_)) = &input {
             self.procs.reaped(*worker);
         }
+        if let Input::Compiled { result: Ok(r), .. } = &input {
+            self.follow(r);
+        }
         let effects = self.core.handle(Instant::now(), input);
         self.perform_all(effects);
         let now = (self.core.ready(), self.core.healthy());
@@ -239,7 +237,7 @@ impl Shell {
     /// Performs one effect; returns what the core must hear about it.
     fn perform(&mut self, effect: Effect) -> Option<Input> {
         match effect {
-            Effect::Spawn { worker, artifact } => match self.procs.spawn(worker, &artifact) {
+            Effect::Spawn { worker, release } => match self.procs.spawn(worker, &release) {
                 Ok(pid) => return Some(Input::Spawned { worker, pid }),
                 Err(e) => {
                     return Some(Input::WorkerGone(
@@ -260,18 +258,13 @@ impl Shell {
             }
             Effect::Send(worker, msg) => self.procs.send(worker, msg),
             Effect::Kill(worker) => self.procs.kill(worker),
-            Effect::Compile(job) => {
+            Effect::Compile { job, scope, base } => {
                 let config = self.config.clone();
                 let tx = self.inputs_tx.clone();
                 tokio::spawn(async move {
-                    let result = artifact::prepare(
-                        &config.handler,
-                        &config.cache_dir,
-                        &config.engine,
-                        &config.compile,
-                    )
-                    .await
-                    .map_err(|e| format!("{e:#}"));
+                    let result = release::build(&config, &scope, Some(&base))
+                        .await
+                        .map_err(|e| format!("{e:#}"));
                     tx.send(Input::Compiled { job, result }).ok();
                 });
             }
@@ -285,6 +278,17 @@ impl Shell {
             Effect::Exit(result) => self.exit = Some(result),
         }
         None
+    }
+
+    /// Watches the files `release` names from now on: a new manifest may
+    /// name other handler files (whether or not it goes live, it is what
+    /// is on disk).
+    fn follow(&mut self, release: &Release) {
+        if let Some(w) = &mut self.watcher
+            && let Err(e) = w.set(&release::watched(&self.config, &release.app))
+        {
+            tracing::warn!("cannot watch the files of {}: {e:#}", release.version);
+        }
     }
 
     /// A line on stdout for people and tests; systemd's state, if it asks.

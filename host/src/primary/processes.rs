@@ -21,7 +21,7 @@ use super::core::{Gone, Input, WorkerId};
 use crate::cli::LogFormat;
 use crate::config::WorkerInit;
 use crate::ipc::{self, Channel, ToPrimary, ToWorker};
-use crate::runtime::artifact::Artifact;
+use super::release::Release;
 
 struct Proc {
     chan: Arc<Channel>,
@@ -32,7 +32,7 @@ struct Proc {
 pub struct Processes {
     procs: HashMap<WorkerId, Proc>,
     inputs: mpsc::UnboundedSender<Input>,
-    /// The settings every worker starts with; index and artifact vary.
+    /// The settings every worker starts with; index and app vary.
     init: WorkerInit,
     log_format: LogFormat,
 }
@@ -56,7 +56,7 @@ impl Processes {
     /// Must run on the primary's only thread: the worker's end of the
     /// socketpair is inheritable between `make_inheritable` and the spawn,
     /// and PDEATHSIG fires when the spawning *thread* exits.
-    pub fn spawn(&mut self, worker: WorkerId, artifact: &Artifact) -> Result<u32> {
+    pub fn spawn(&mut self, worker: WorkerId, release: &Release) -> Result<u32> {
         let (ours, theirs) = ipc::pair().context("cannot create a worker channel")?;
         ipc::make_inheritable(theirs.as_fd())?;
         let exe = std::env::current_exe().context("cannot find the wcluster executable")?;
@@ -86,7 +86,7 @@ impl Processes {
 
         let mut init = self.init.clone();
         init.index = worker.index;
-        init.version = artifact.version();
+        init.app = release.app.clone();
         outbox.send(ToWorker::Init(Box::new(init))).ok();
 
         let (c, tx) = (chan.clone(), self.inputs.clone());

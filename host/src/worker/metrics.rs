@@ -5,7 +5,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::ipc::counts::{DURATION_BUCKETS, FailureKind, MethodClass, Rejection, WorkerCounts};
+use crate::ipc::counts::{
+    DURATION_BUCKETS, FailureKind, HandlerCounts, MethodClass, Rejection, WorkerCounts,
+};
 
 #[derive(Default)]
 pub struct Counters {
@@ -26,13 +28,24 @@ fn method_class(method: &http::Method) -> MethodClass {
     }
 }
 
+/// The handler's own counts. Its name comes from the manifest (the
+/// request only chose among them), so the label set stays bounded.
+fn handler_counts<'a>(c: &'a mut WorkerCounts, name: &str) -> &'a mut HandlerCounts {
+    // Looked up by &str first: no allocation once the handler has counts.
+    if !c.handlers.contains_key(name) {
+        c.handlers.insert(name.to_string(), HandlerCounts::default());
+    }
+    c.handlers.get_mut(name).expect("inserted above")
+}
+
 impl Counters {
     fn with<R>(&self, f: impl FnOnce(&mut WorkerCounts) -> R) -> R {
         f(&mut self.counts.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// One request answered (its head sent) after `took`.
-    pub fn request(&self, method: &http::Method, status: u16, took: Duration) {
+    /// One request answered (its head sent) after `took`, by `handler`
+    /// (None: refused before one was chosen).
+    pub fn request(&self, handler: Option<&str>, method: &http::Method, status: u16, took: Duration) {
         let secs = took.as_secs_f64();
         let bucket = DURATION_BUCKETS
             .iter()
@@ -50,12 +63,24 @@ impl Counters {
             }
             c.duration_buckets[bucket] += 1;
             c.duration_sum += secs;
+            if let Some(name) = handler {
+                *handler_counts(c, name)
+                    .requests
+                    .entry(status)
+                    .or_default() += 1;
+            }
         });
     }
 
     /// A guest call that gave no response, and why.
-    pub fn guest_failure(&self, why: FailureKind) {
-        self.with(|c| *c.guest_failures.entry(why).or_default() += 1);
+    pub fn guest_failure(&self, handler: &str, why: FailureKind) {
+        self.with(|c| {
+            *c.guest_failures.entry(why).or_default() += 1;
+            *handler_counts(c, handler)
+                .guest_failures
+                .entry(why)
+                .or_default() += 1;
+        });
     }
 
     pub fn connection(&self) {
@@ -83,9 +108,11 @@ mod tests {
     #[test]
     fn requests_land_in_their_class_status_and_bucket() {
         let c = Counters::default();
-        c.request(&http::Method::GET, 200, Duration::from_micros(300));
-        c.request(&http::Method::GET, 200, Duration::from_secs(9));
+        c.request(Some("api"), &http::Method::GET, 200, Duration::from_micros(300));
+        c.request(Some("site"), &http::Method::GET, 200, Duration::from_secs(9));
+        c.guest_failure("site", FailureKind::Trap);
         c.request(
+            None,
             &http::Method::from_bytes(b"BREW").unwrap(),
             404,
             Duration::from_millis(3),
@@ -98,5 +125,10 @@ mod tests {
         assert_eq!(s.duration_buckets.iter().sum::<u64>(), 3);
         assert_eq!(s.plain.connections_open, 2);
         assert_eq!(s.rejected[&Rejection::QueueFull], 1);
+        // Per handler: only requests a handler answered, under its name.
+        assert_eq!(s.handlers["api"].requests[&200], 1);
+        assert_eq!(s.handlers["site"].requests[&200], 1);
+        assert_eq!(s.handlers["site"].guest_failures[&FailureKind::Trap], 1);
+        assert_eq!(s.handlers.len(), 2);
     }
 }

@@ -12,6 +12,7 @@
 //! the drain timeout.
 
 mod admission;
+mod app;
 mod connection;
 mod deploy;
 mod edge;
@@ -32,8 +33,7 @@ use crate::cli::WorkerArgs;
 use crate::config::WorkerInit;
 use crate::ipc::{self, ToWorker};
 use crate::runtime::artifact::engine::{Allocation, Engines};
-use crate::runtime::capabilities::Capabilities;
-use crate::runtime::guest::{Handler, InstancePolicy, Strategy};
+use app::{LoadedApp, Smoke};
 use deploy::Deployer;
 use link::{Link, Next};
 use service::WorkerCtx;
@@ -73,7 +73,7 @@ async fn run(fd: OwnedFd) -> Result<()> {
     let Started { ctx, deployer, tls } = started;
     let connections = admission::Connections::new(init.limits.max_connections, link.clone());
     admission::spawn_summary(init.index, ctx.requests.clone(), connections.clone());
-    link.ready(&init.version.id).await?;
+    link.ready(&init.app.id).await?;
     spawn_stats(ctx.clone(), link.clone(), connections.clone());
 
     let graceful = GracefulShutdown::new();
@@ -83,8 +83,8 @@ async fn run(fd: OwnedFd) -> Result<()> {
                 connection::serve(&ctx, fd, &graceful, &connections, tls.as_ref());
                 link.received(id).await?;
             }
-            Next::Other(ToWorker::Load(version)) => {
-                deployer.spawn_load(ctx.clone(), link.clone(), version);
+            Next::Other(ToWorker::Load(app)) => {
+                deployer.spawn_load(ctx.clone(), link.clone(), *app);
             }
             Next::Other(ToWorker::Report) => {
                 let (requests, in_flight, counts) = ctx.stats(connections.open());
@@ -122,51 +122,27 @@ struct Started {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-/// Loads the first version (and the TLS pair), starts the epoch ticks, and,
-/// with reuse, smoke-checks the version.
+/// Loads the first version of the application (and the TLS pair) once
+/// the epoch ticks (so a smoke check of a guest that loops cannot hang).
 async fn start(init: &WorkerInit) -> Result<Started> {
     let engines = Arc::new(Engines::new(init.engine.clone(), Allocation::Pooling));
-    let deployer = Arc::new(Deployer {
-        engines: engines.clone(),
-        caps: Arc::new(Capabilities::new(init.grants.clone())?),
-        smoke: init.smoke.clone(),
-        policy: InstancePolicy {
-            reuse: init.reuse_instances,
-            concurrency: init.max_instance_concurrency,
-            request_timeout: init.limits.timeout,
-        },
-    });
-    // The first version was checked by the compile child; it only needs
-    // loading (the primary smoke-checks versions that arrive later).
-    let handler = Handler::load(
-        &engines,
-        &init.version,
-        deployer.caps.clone(),
-        deployer.policy,
-    )?;
-    let tls = match init.tls.clone() {
-        Some((cert, key)) => Some(tls::acceptor(init.index, cert, key).await?),
-        None => None,
-    };
+    let ticking = engines.clone();
     std::thread::Builder::new()
         .name("epoch".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(EPOCH_TICK);
-                engines.increment_epoch();
+                ticking.increment_epoch();
             }
         })?;
-    // With reuse, the first version too must show it can serve a second
-    // request in one instance before it takes traffic (the epoch ticks by
-    // now, so a guest that loops cannot hang this).
-    if handler.strategy() != Strategy::Fresh {
-        handler
-            .smoke_check(&deployer.smoke.path, deployer.smoke.timeout)
-            .await?;
-    }
+    let app = LoadedApp::load(&engines, &init.app, None, Smoke::WhenReused).await?;
+    let tls = match init.tls.clone() {
+        Some((cert, key)) => Some(tls::acceptor(init.index, cert, key).await?),
+        None => None,
+    };
     Ok(Started {
-        ctx: Arc::new(WorkerCtx::new(init.index, handler, init.limits.clone())),
-        deployer,
+        ctx: Arc::new(WorkerCtx::new(init.index, app, init.limits.clone())),
+        deployer: Arc::new(Deployer { engines }),
         tls,
     })
 }

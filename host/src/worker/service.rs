@@ -14,19 +14,28 @@ use hyper::body::Incoming;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::admission::{Refused, Requests};
+use super::app::{LoadedApp, Mounted};
 use super::metrics::Counters;
 use crate::config::RequestLimits;
+use crate::config::routes::Match;
 use crate::ipc::WorkerCounts;
 use crate::ipc::counts::FailureKind;
-use crate::runtime::guest::{BodyError, GuestError, Handler};
+use crate::runtime::guest::{BodyError, GuestError, ScriptName};
+
+/// Where a manifest's handler was mounted (`/api` for `route = "/api/..."`)
+/// and the rest of the path, for components; CGI modules get them as
+/// SCRIPT_NAME and PATH_INFO. Whatever a client sent in them is dropped.
+const MOUNT: header::HeaderName = header::HeaderName::from_static("x-wcluster-mount");
+const PATH_INFO: header::HeaderName = header::HeaderName::from_static("x-wcluster-path-info");
 
 pub struct WorkerCtx {
     pub index: usize,
     pid: u32,
     pub limits: RequestLimits,
     /// Swapped whole by a deploy; a request clones the Arc it started with,
-    /// so requests in flight finish on the version they began on.
-    handler: RwLock<Arc<Handler>>,
+    /// so requests in flight finish on the version (and the routing table)
+    /// they began on.
+    app: RwLock<Arc<LoadedApp>>,
     pub requests: Arc<Requests>,
     pub counters: Counters,
     next_request: AtomicU64,
@@ -36,11 +45,11 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    pub fn new(index: usize, handler: Handler, limits: RequestLimits) -> Self {
+    pub fn new(index: usize, app: LoadedApp, limits: RequestLimits) -> Self {
         Self {
             index,
             pid: std::process::id(),
-            handler: RwLock::new(Arc::new(handler)),
+            app: RwLock::new(Arc::new(app)),
             requests: Arc::new(Requests::new(&limits)),
             counters: Counters::default(),
             limits,
@@ -53,15 +62,12 @@ impl WorkerCtx {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    pub fn handler(&self) -> Arc<Handler> {
-        self.handler
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    pub fn app(&self) -> Arc<LoadedApp> {
+        self.app.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn swap(&self, handler: Handler) {
-        *self.handler.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(handler);
+    pub fn swap(&self, app: LoadedApp) {
+        *self.app.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(app);
     }
 
     /// What `Stats` reports: requests started, in flight, and the counters.
@@ -85,19 +91,21 @@ pub async fn handle(
     let http1 = req.version() < http::Version::HTTP_2;
     let n = ctx.next_request.fetch_add(1, Ordering::Relaxed);
     let request_id: Arc<str> = format!("{}-{n}", ctx.index).into();
-    let handler = ctx.handler();
-    let mut resp = respond(&ctx, &handler, req, start, &request_id).await;
+    let app = ctx.app();
+    let (mut resp, handler) = respond(&ctx, &app, req, start, &request_id).await;
     if http1 && ctx.draining.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    let name = handler.map(|m| &*m.name);
     ctx.counters
-        .request(&method, resp.status().as_u16(), start.elapsed());
+        .request(name, &method, resp.status().as_u16(), start.elapsed());
     tracing::info!(
         target: "access",
         worker = ctx.index,
         pid = ctx.pid,
-        version = %handler.version,
+        version = %handler.map_or(app.id.as_str(), |m| m.handler.version.as_str()),
+        handler = name.unwrap_or("-"),
         request = %request_id,
         method = %method,
         path = %path,
@@ -108,34 +116,15 @@ pub async fn handle(
     Ok(resp)
 }
 
-async fn respond(
+/// The response, and the handler the request reached (None: it was
+/// refused before one was chosen).
+async fn respond<'a>(
     ctx: &WorkerCtx,
-    handler: &Handler,
-    req: hyper::Request<Incoming>,
+    app: &'a LoadedApp,
+    mut req: hyper::Request<Incoming>,
     start: Instant,
     request_id: &Arc<str>,
-) -> hyper::Response<HyperOutgoingBody> {
-    let limits = &ctx.limits;
-    // The wait for a turn counts toward the deadline (`start` is before it).
-    let permit = match ctx.requests.admit(start + limits.timeout).await {
-        Ok(permit) => permit,
-        Err(why) => {
-            let why = match why {
-                Refused::QueueFull => format!("{} requests already waiting", limits.max_queued),
-                Refused::Waited => format!("no turn within {:?}", limits.queue_timeout),
-            };
-            let mut resp = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "worker busy: {} requests in flight, {why}\n",
-                    limits.max_concurrent
-                ),
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
-        }
-    };
+) -> (hyper::Response<HyperOutgoingBody>, Option<&'a Mounted>) {
     // One final `chunked` is the only transfer coding a request may carry
     // here: anything else (duplicated, not final, unknown) is how request
     // smuggling starts, so it is refused and the connection closed.
@@ -143,12 +132,80 @@ async fn respond(
         let mut resp = error(StatusCode::BAD_REQUEST, format!("{te}\n"));
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
+        return (resp, None);
     }
     // Host missing, repeated or invalid: refused before any guest runs.
     if let Some((status, why)) = super::edge::host_problem(&req) {
-        return error(status, format!("{why}\n"));
+        return (error(status, format!("{why}\n")), None);
     }
+    let Some((mounted, m)) = app.route(request_host(&req), req.uri().path()) else {
+        return (
+            error(StatusCode::NOT_FOUND, "no route matches this request\n".into()),
+            None,
+        );
+    };
+    if app.manifest {
+        mount(&mut req, &m);
+    }
+    (run(ctx, mounted, req, start, request_id).await, Some(mounted))
+}
+
+/// The host a request names: its Host header, or the authority of an
+/// absolute URI (HTTP/2's :authority).
+fn request_host<B>(req: &hyper::Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+}
+
+/// Tells the guest where it was mounted; the client's own copies of these
+/// headers never reach it.
+fn mount<B>(req: &mut hyper::Request<B>, m: &Match<'_>) {
+    let path = req.uri().path();
+    let info = m.path_info(path);
+    let values = (HeaderValue::from_str(m.mount), HeaderValue::from_str(info));
+    let script = ScriptName(m.mount.into());
+    let headers = req.headers_mut();
+    headers.remove(MOUNT);
+    headers.remove(PATH_INFO);
+    // Both come from a path hyper accepted, so they are valid values.
+    if let (Ok(mount), Ok(info)) = values {
+        headers.insert(MOUNT, mount);
+        headers.insert(PATH_INFO, info);
+    }
+    req.extensions_mut().insert(script);
+}
+
+async fn run(
+    ctx: &WorkerCtx,
+    mounted: &Mounted,
+    req: hyper::Request<Incoming>,
+    start: Instant,
+    request_id: &Arc<str>,
+) -> hyper::Response<HyperOutgoingBody> {
+    let (limits, handler) = (&mounted.limits, &mounted.handler);
+    let server = &ctx.limits;
+    // The wait for a turn counts toward the deadline (`start` is before it).
+    let permit = match ctx.requests.admit(start + limits.timeout).await {
+        Ok(permit) => permit,
+        Err(why) => {
+            let why = match why {
+                Refused::QueueFull => format!("{} requests already waiting", server.max_queued),
+                Refused::Waited => format!("no turn within {:?}", server.queue_timeout),
+            };
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "worker busy: {} requests in flight, {why}\n",
+                    server.max_concurrent
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -170,10 +227,11 @@ async fn respond(
             move || drop(permit),
         )
         .await;
+    let failure = |kind| ctx.counters.guest_failure(&mounted.name, kind);
     match result {
         Ok(resp) => resp,
         Err(GuestError::Timeout) => {
-            ctx.counters.guest_failure(FailureKind::Deadline);
+            failure(FailureKind::Deadline);
             tracing::warn!(request = %request_id, "handler exceeded the request deadline of {:?}", limits.timeout);
             error(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -197,7 +255,7 @@ async fn respond(
             }
         }
         Err(GuestError::BadGateway(why)) => {
-            ctx.counters.guest_failure(FailureKind::BadGateway);
+            failure(FailureKind::BadGateway);
             tracing::warn!(request = %request_id, "CGI handler gave no valid response: {why}");
             error(
                 StatusCode::BAD_GATEWAY,
@@ -205,7 +263,7 @@ async fn respond(
             )
         }
         Err(GuestError::NoResponse) => {
-            ctx.counters.guest_failure(FailureKind::NoResponse);
+            failure(FailureKind::NoResponse);
             tracing::warn!(request = %request_id, "handler failed: {}", GuestError::NoResponse.reason());
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -216,7 +274,7 @@ async fn respond(
             // One line per failure; the guest's backtrace only at debug level.
             let cause = e.root_cause().to_string();
             let cause = cause.lines().next().unwrap_or_default();
-            ctx.counters.guest_failure(FailureKind::Trap);
+            failure(FailureKind::Trap);
             tracing::warn!(request = %request_id, "handler failed: {cause}");
             tracing::debug!(request = %request_id, "handler failure in full: {e:?}");
             error(

@@ -73,6 +73,27 @@ fn text(reply: &Reply) -> String {
     }
 }
 
+/// A manifest's handlers: version, routes, and the last deploy of each.
+fn handler_table(s: &Status) -> String {
+    let mut out = format!(
+        "{:<16}  {:<12}  {:<12}  {:<30}  {}\n",
+        "HANDLER", "VERSION", "PREVIOUS", "ROUTES", "LAST DEPLOY"
+    );
+    for h in &s.handlers {
+        out += &format!(
+            "{:<16}  {:<12}  {:<12}  {:<30}  {}\n",
+            h.name,
+            h.version,
+            h.previous.as_deref().unwrap_or("-"),
+            h.routes.join(" "),
+            h.last_deploy
+                .as_ref()
+                .map_or("-".to_string(), |d| d.to_string())
+        );
+    }
+    out + "\n"
+}
+
 fn status_table(s: &Status) -> String {
     let mut out = format!(
         "version {} (generation {}{}){}\n",
@@ -92,6 +113,9 @@ fn status_table(s: &Status) -> String {
             .unwrap_or_default()
     );
     out += &format!("last deploy: {}\n\n", s.last_deploy);
+    if s.handlers.len() > 1 || s.handlers.iter().any(|h| h.name != "main") {
+        out += &handler_table(s);
+    }
     out += &format!(
         "{:>6}  {:>8}  {:<9}  {:<12}  {:>10}  {:>9}  {:>8}\n",
         "WORKER", "PID", "STATE", "VERSION", "REQUESTS", "IN FLIGHT", "RESTARTS"

@@ -13,8 +13,17 @@ use crate::ipc::WorkerCounts;
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Reload,
-    Rollback,
+    /// Deploy the handler file, or the manifest and all it names; with a
+    /// `handler`, only that handler's file.
+    Reload {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handler: Option<String>,
+    },
+    /// The previous good version of the app, or of one `handler` alone.
+    Rollback {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handler: Option<String>,
+    },
     Scale {
         workers: usize,
     },
@@ -59,6 +68,11 @@ pub enum Refusal {
     BadRequest {
         error: String,
     },
+    /// No handler of the application has this name.
+    UnknownHandler {
+        name: String,
+        known: Vec<String>,
+    },
     /// The client runs as another user than the server (and not as root).
     NotPermitted {
         uid: u32,
@@ -77,6 +91,11 @@ impl fmt::Display for Refusal {
                 "cannot scale to {asked} workers: between {min} and {max} (--max-workers)"
             ),
             Refusal::BadRequest { error } => write!(f, "bad request: {error}"),
+            Refusal::UnknownHandler { name, known } => write!(
+                f,
+                "no handler is named `{name}` (the application has: {})",
+                known.join(", ")
+            ),
             Refusal::NotPermitted { uid, server } => write!(
                 f,
                 "uid {uid} may not control this server: only its own user (uid {server}) and root may"
@@ -267,6 +286,20 @@ pub struct WorkerStatus {
     pub restarts: u64,
 }
 
+/// One handler of the application, as `status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerStatus {
+    pub name: String,
+    /// Its live version (a content hash of its file).
+    pub version: String,
+    pub routes: Vec<String>,
+    pub source: String,
+    /// What `wcluster rollback NAME` would put back.
+    pub previous: Option<String>,
+    /// The last deploy that changed or tried to change it.
+    pub last_deploy: Option<DeployOutcome>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The last good version: what every worker should run.
@@ -280,6 +313,9 @@ pub struct Status {
     /// A scale asked for during a roll, applied when it ends.
     pub pending_target: Option<usize>,
     pub last_deploy: DeployOutcome,
+    /// The application's handlers, in manifest order (one without a manifest).
+    #[serde(default)]
+    pub handlers: Vec<HandlerStatus>,
     /// The most recent deploys, oldest first.
     pub history: Vec<DeployOutcome>,
     pub workers: Vec<WorkerStatus>,

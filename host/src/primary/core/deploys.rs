@@ -5,11 +5,21 @@
 //! back on the last good version. A roll always ends: each worker is tried
 //! at most once per direction, and every wait has a deadline.
 //!
-//! One deploy at a time: a trigger during a compile or a roll is
-//! remembered, and the file is read again when that ends (newest wins; a
-//! compile overtaken by a newer trigger is not rolled at all).
+//! What rolls is the whole application (release.rs): a change to one
+//! handler's file compiles that handler alone, and the release differs from
+//! the live one in that handler only, so workers load it alone and keep the
+//! others as they are; a canary that refuses it rolls back that change.
+//!
+//! One deploy at a time, whichever handlers it touches: a trigger during a
+//! compile or a roll is remembered, and what it names is read again when
+//! that ends (newest wins; a compile overtaken by a newer trigger is not
+//! rolled at all). Rolls of different handlers never overlap: a worker
+//! swaps one routing table at a time, so overlapping rolls would run
+//! combinations of versions that no canary checked, and a refusal could
+//! not say which change to take back. A roll takes seconds; the next
+//! waits for it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::{Announcement, ControlId, Core, Effect, JobId, Phase, WorkerId, WorkerState};
@@ -17,7 +27,9 @@ use crate::ipc::ToWorker;
 use crate::primary::control::protocol::{
     DeployError, DeployKind, DeployOutcome, DeployResult, Refusal, Reply,
 };
-use crate::runtime::artifact::Artifact;
+use crate::config::Version;
+use crate::primary::control::protocol::HandlerStatus;
+use crate::primary::release::{Release, Scope};
 
 /// Deploy outcomes kept for `status`.
 const HISTORY: usize = 10;
@@ -25,15 +37,19 @@ const HISTORY: usize = 10;
 pub(super) struct Deploys {
     /// The last good version: what every worker should run, and what new
     /// workers start with.
-    current: Artifact,
-    previous: Option<Artifact>,
+    current: Release,
+    previous: Option<Release>,
+    /// Per handler: the version it ran before its last change (what
+    /// `rollback NAME` puts back), and the last deploy that touched it.
+    handler_previous: BTreeMap<String, Version>,
+    handler_last: BTreeMap<String, DeployOutcome>,
     /// Counts successful rolls; 1 is the version the server started with.
     generation: u64,
     pub(super) compiling: Option<Compiling>,
     next_job: JobId,
     pub(super) roll: Option<Roll>,
-    /// A trigger arrived while busy: read the file again afterwards.
-    again: bool,
+    /// A trigger arrived while busy: read what it names afterwards.
+    again: Option<Scope>,
     /// The compile running was started because a worker found the live
     /// artifact damaged: no worker is spawned until it ends, so none loads
     /// the damaged file.
@@ -48,6 +64,7 @@ pub(super) struct Compiling {
     /// Asked for by a deploy trigger; false: only to rebuild a damaged
     /// artifact, which must not roll out whatever the file holds now.
     deploy: bool,
+    scope: Scope,
     started: Instant,
     waiters: Vec<ControlId>,
 }
@@ -56,8 +73,8 @@ pub(super) struct Roll {
     kind: DeployKind,
     started: Instant,
     waiters: Vec<ControlId>,
-    target: Artifact,
-    from: Artifact,
+    target: Release,
+    from: Release,
     /// Workers sent the version in this direction, so each is tried once.
     attempted: HashSet<WorkerId>,
     switched: usize,
@@ -70,7 +87,7 @@ pub(super) struct Roll {
 }
 
 impl Deploys {
-    pub fn new(first: Artifact) -> Deploys {
+    pub fn new(first: Release) -> Deploys {
         let last = DeployOutcome {
             kind: DeployKind::Start,
             version: Some(first.version.clone()),
@@ -79,11 +96,13 @@ impl Deploys {
         Deploys {
             current: first,
             previous: None,
+            handler_previous: BTreeMap::new(),
+            handler_last: BTreeMap::new(),
             generation: 1,
             compiling: None,
             next_job: 1,
             roll: None,
-            again: false,
+            again: None,
             repairing: false,
             again_waiters: Vec::new(),
             history: VecDeque::from([last.clone()]),
@@ -95,7 +114,7 @@ impl Deploys {
         self.compiling.is_some() || self.roll.is_some()
     }
 
-    pub fn current(&self) -> &Artifact {
+    pub fn current(&self) -> &Release {
         &self.current
     }
 
@@ -116,6 +135,40 @@ impl Deploys {
         self.history.iter()
     }
 
+    /// Every handler of the live app, for `status`.
+    pub fn handler_statuses(&self) -> Vec<HandlerStatus> {
+        self.current
+            .app
+            .handlers
+            .iter()
+            .map(|h| HandlerStatus {
+                name: h.name().to_string(),
+                version: h.version.id.clone(),
+                routes: h.plan.routes.iter().map(|r| r.to_string()).collect(),
+                source: h.plan.source.display().to_string(),
+                previous: self.handler_previous.get(h.name()).map(|v| v.id.clone()),
+                last_deploy: self.handler_last.get(h.name()).cloned(),
+            })
+            .collect()
+    }
+
+    /// Records, for each handler `to` changes against `from`, the outcome;
+    /// when `to` went live, also the version it replaced.
+    fn record_handlers(&mut self, from: &Release, to: &Release, outcome: &DeployOutcome, live: bool) {
+        for h in &to.app.handlers {
+            let before = from.app.handler(h.name());
+            if before.is_some_and(|b| b == h) {
+                continue;
+            }
+            self.handler_last
+                .insert(h.name().to_string(), outcome.clone());
+            if live && let Some(b) = before.filter(|b| b.version != h.version) {
+                self.handler_previous
+                    .insert(h.name().to_string(), b.version.clone());
+            }
+        }
+    }
+
     pub fn deadline(&self) -> Option<Instant> {
         let roll = self.roll.as_ref()?;
         roll.awaiting.map(|(_, t)| t).or(roll.stalled_until)
@@ -123,8 +176,9 @@ impl Deploys {
 }
 
 impl Core {
-    /// The handler file changed, SIGHUP, or `wcluster reload`: compile it.
-    pub(super) fn trigger(&mut self, now: Instant, waiter: Option<ControlId>) {
+    /// A file changed, SIGHUP, or `wcluster reload [NAME]`: compile what
+    /// `scope` names.
+    pub(super) fn trigger(&mut self, now: Instant, waiter: Option<ControlId>, scope: Scope) {
         if matches!(self.phase, Phase::Draining { .. } | Phase::Done) {
             if let Some(to) = waiter {
                 self.refuse(to, Refusal::ShuttingDown);
@@ -132,14 +186,27 @@ impl Core {
             return;
         }
         let d = &mut self.deploys;
+        // A file of a handler the live app does not have (the manifest
+        // named it, but that manifest did not go live): read everything.
+        let scope = match scope {
+            Scope::Handlers(names)
+                if names.iter().any(|n| d.current.app.handler(n).is_none()) =>
+            {
+                Scope::All
+            }
+            scope => scope,
+        };
         if d.busy() {
-            d.again = true;
+            d.again = Some(match d.again.take() {
+                Some(before) => before.merge(scope),
+                None => scope,
+            });
             d.again_waiters.extend(waiter);
             return;
         }
         let mut waiters = std::mem::take(&mut d.again_waiters);
         waiters.extend(waiter);
-        self.start_compile(now, waiters, true);
+        self.start_compile(now, waiters, true, scope);
     }
 
     /// A worker found the live artifact damaged: compile the handler again
@@ -148,36 +215,57 @@ impl Core {
     pub(super) fn repair(&mut self, now: Instant) {
         self.deploys.repairing = true;
         if !self.deploys.busy() {
-            self.start_compile(now, Vec::new(), false);
+            self.start_repair(now);
         }
     }
 
-    fn start_compile(&mut self, now: Instant, waiters: Vec<ControlId>, deploy: bool) {
+    /// Rebuilds the live app's artifacts from their files; the manifest is
+    /// not read again, so a repair never rolls out a changed app.
+    fn start_repair(&mut self, now: Instant) {
+        let names = self
+            .deploys
+            .current
+            .app
+            .handlers
+            .iter()
+            .map(|h| h.name().to_string())
+            .collect();
+        self.start_compile(now, Vec::new(), false, Scope::Handlers(names));
+    }
+
+    fn start_compile(&mut self, now: Instant, waiters: Vec<ControlId>, deploy: bool, scope: Scope) {
         let d = &mut self.deploys;
         let job = d.next_job;
         d.next_job += 1;
-        d.again = false;
+        d.again = None;
         d.compiling = Some(Compiling {
             job,
             deploy,
+            scope: scope.clone(),
             started: now,
             waiters,
         });
-        self.out.push(Effect::Compile(job));
+        let base = Box::new(d.current.app.clone());
+        self.out.push(Effect::Compile { job, scope, base });
     }
 
-    pub(super) fn compiled(&mut self, now: Instant, job: JobId, result: Result<Artifact, String>) {
+    pub(super) fn compiled(&mut self, now: Instant, job: JobId, result: Result<Release, String>) {
         let d = &mut self.deploys;
         if d.compiling.as_ref().is_none_or(|c| c.job != job) {
             return;
         }
         let compiling = d.compiling.take().expect("checked above");
-        if d.again {
-            // The file changed again while this compiled: what was read may
-            // be half of a write. Read it again instead of rolling this.
+        if let Some(again) = d.again.take() {
+            // A file changed again while this compiled: what was read may
+            // be half of a write. Read both again instead of rolling this.
             let mut waiters = compiling.waiters;
             waiters.append(&mut d.again_waiters);
-            self.start_compile(now, waiters, true);
+            let scope = if compiling.deploy {
+                compiling.scope.merge(again)
+            } else {
+                again
+            };
+            self.start_compile(now, waiters, true, scope);
             return;
         }
         // Whatever this compile brings, respawns go on: one that finds the
@@ -197,6 +285,13 @@ impl Core {
                         error: DeployError::Compile { message },
                     },
                 };
+                if let Scope::Handlers(names) = &compiling.scope {
+                    for name in names {
+                        self.deploys
+                            .handler_last
+                            .insert(name.clone(), outcome.clone());
+                    }
+                }
                 self.finish_deploy(now, compiling.waiters, outcome);
             }
             Ok(target)
@@ -247,8 +342,28 @@ impl Core {
         self.start_roll(now, DeployKind::Rollback, now, vec![to], target);
     }
 
+    /// `wcluster rollback NAME`: that handler's previous version, the rest
+    /// of the app as it is, through the same roll.
+    pub(super) fn rollback_handler(&mut self, now: Instant, to: ControlId, name: &str) {
+        if matches!(self.phase, Phase::Draining { .. } | Phase::Done) {
+            return self.refuse(to, Refusal::ShuttingDown);
+        }
+        if self.deploys.busy() {
+            return self.refuse(to, Refusal::Busy);
+        }
+        let target = self
+            .deploys
+            .handler_previous
+            .get(name)
+            .and_then(|v| self.deploys.current.with_version(name, v.clone()));
+        let Some(target) = target else {
+            return self.refuse(to, Refusal::NoPreviousVersion);
+        };
+        self.start_roll(now, DeployKind::Rollback, now, vec![to], target);
+    }
+
     /// The end of a compile made only to rebuild the live artifact.
-    fn repaired(&mut self, result: Result<Artifact, String>) {
+    fn repaired(&mut self, result: Result<Release, String>) {
         let current = &self.deploys.current.version;
         match result {
             Ok(target) if &target.version == current => {
@@ -291,7 +406,7 @@ impl Core {
         kind: DeployKind,
         started: Instant,
         waiters: Vec<ControlId>,
-        target: Artifact,
+        target: Release,
     ) {
         if kind != DeployKind::CatchUp {
             self.out.push(Effect::Announce(Announcement::RollStarted {
@@ -477,7 +592,7 @@ impl Core {
             roll.stalled_until = None;
             roll.attempted.insert(worker);
             roll.awaiting = Some((worker, now + self.settings.load_timeout));
-            let msg = ToWorker::Load(goal.version());
+            let msg = ToWorker::Load(Box::new(goal.app.clone()));
             self.out.push(Effect::Send(worker, msg));
             return;
         }
@@ -504,6 +619,7 @@ impl Core {
 
     fn finish_roll(&mut self, now: Instant, roll: Roll) {
         let ms = now.saturating_duration_since(roll.started).as_millis() as u64;
+        let live = roll.reverting.is_none();
         let outcome = match roll.reverting {
             None => {
                 let d = &mut self.deploys;
@@ -536,9 +652,13 @@ impl Core {
         };
         let outcome = DeployOutcome {
             kind: roll.kind,
-            version: Some(roll.target.version),
+            version: Some(roll.target.version.clone()),
             result: outcome,
         };
+        if roll.kind != DeployKind::CatchUp {
+            self.deploys
+                .record_handlers(&roll.from, &roll.target, &outcome, live);
+        }
         if roll.kind != DeployKind::CatchUp {
             self.out.push(Effect::Announce(Announcement::RollEnded {
                 serving: self.deploys.current.version.clone(),
@@ -570,10 +690,10 @@ impl Core {
             self.out
                 .push(Effect::Reply(to, Reply::Deploy(outcome.clone())));
         }
-        if std::mem::take(&mut self.deploys.again) {
-            self.trigger(now, None);
+        if let Some(scope) = self.deploys.again.take() {
+            self.trigger(now, None, scope);
         } else if self.deploys.repairing && !self.deploys.busy() {
-            self.start_compile(now, Vec::new(), false);
+            self.start_repair(now);
         }
     }
 
@@ -582,7 +702,7 @@ impl Core {
     pub(super) fn abandon_deploys(&mut self) {
         let d = &mut self.deploys;
         let mut waiters = std::mem::take(&mut d.again_waiters);
-        d.again = false;
+        d.again = None;
         if let Some(c) = d.compiling.take() {
             waiters.extend(c.waiters);
         }

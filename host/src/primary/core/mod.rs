@@ -31,7 +31,7 @@ use super::control::protocol::{
     DeployCount, DeployKind, MetricsSnapshot, Refusal, Reply, Request, Status,
 };
 use crate::ipc::{ToPrimary, ToWorker};
-use crate::runtime::artifact::Artifact;
+use super::release::{Release, Scope};
 use crate::signal::SignalEvent;
 
 pub use super::control::protocol::WorkerState;
@@ -77,12 +77,12 @@ pub enum Input {
     /// The compile child finished (`Err` holds its message).
     Compiled {
         job: JobId,
-        result: Result<Artifact, String>,
+        result: Result<Release, String>,
     },
     Control(ControlId, Request),
     Signal(SignalEvent),
-    /// The handler file changed on disk (debounced here).
-    FileChanged,
+    /// A watched file changed on disk (debounced here): what to read again.
+    FileChanged(Scope),
     /// Time passed.
     Tick,
 }
@@ -103,11 +103,11 @@ pub enum Gone {
 /// Something the shell must do, in the order given.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// Start a worker process in `worker.index` serving `artifact`; answer
+    /// Start a worker process in `worker.index` serving `release`; answer
     /// with `Spawned` or `WorkerGone(SpawnFailed)`.
     Spawn {
         worker: WorkerId,
-        artifact: Artifact,
+        release: Release,
     },
     /// Send the connection's fd to the worker; answer `ConnNotSent` on failure.
     SendConn {
@@ -121,8 +121,13 @@ pub enum Effect {
     Send(WorkerId, ToWorker),
     /// SIGKILL the worker's process.
     Kill(WorkerId),
-    /// Stage, hash and compile the handler file; answer `Compiled`.
-    Compile(JobId),
+    /// Read, stage and compile what `scope` names (on top of `base`, the
+    /// live app); answer `Compiled`.
+    Compile {
+        job: JobId,
+        scope: Scope,
+        base: Box<crate::config::app::App>,
+    },
     Reply(ControlId, Reply),
     /// A line for stdout, the contract tests and people read.
     Announce(Announcement),
@@ -239,6 +244,8 @@ pub struct Core {
     queue: VecDeque<ConnId>,
     deploys: Deploys,
     debounce_until: Option<Instant>,
+    /// What the file events being debounced call for.
+    changed: Option<Scope>,
     next_liveness_check: Instant,
     status_waits: Vec<StatusWait>,
     /// SIGTERM arrived; the drain begins at this time (--drain-delay).
@@ -262,7 +269,7 @@ struct Counters {
 
 impl Core {
     /// A core serving `first`; the returned effects spawn the workers.
-    pub fn new(settings: Settings, first: Artifact, now: Instant) -> (Self, Vec<Effect>) {
+    pub fn new(settings: Settings, first: Release, now: Instant) -> (Self, Vec<Effect>) {
         let target = settings.workers.clamp(1, settings.max_workers.max(1));
         let mut core = Core {
             phase: Phase::Starting,
@@ -276,6 +283,7 @@ impl Core {
             queue: VecDeque::new(),
             deploys: Deploys::new(first),
             debounce_until: None,
+            changed: None,
             next_liveness_check: now + LIVENESS_CHECK,
             status_waits: Vec::new(),
             drain_at: None,
@@ -343,11 +351,18 @@ impl Core {
     }
 
     /// Whether a load balancer should send traffic: running, with a ready
-    /// worker, and no SIGTERM yet (it flips before anything else of a drain).
+    /// worker on the live version, and no SIGTERM yet (it flips before
+    /// anything else of a drain). A worker is ready on a version only once
+    /// every handler of it loaded, so this is "every handler is loaded in
+    /// at least one worker".
     pub fn ready(&self) -> bool {
+        let live = &self.deploys.current().version;
         self.phase == Phase::Running
             && self.drain_at.is_none()
-            && self.slots.iter().any(|s| s.state == WorkerState::Ready)
+            && self
+                .slots
+                .iter()
+                .any(|s| s.state == WorkerState::Ready && &s.version == live)
     }
 
     /// Whether the process is alive and working: a ready worker, or a
@@ -382,9 +397,13 @@ impl Core {
             Input::Compiled { job, result } => self.compiled(now, job, result),
             Input::Control(to, request) => self.control(now, to, request),
             Input::Signal(signal) => self.signal(now, signal),
-            Input::FileChanged => {
+            Input::FileChanged(scope) => {
                 if self.phase == Phase::Running || self.phase == Phase::Starting {
                     self.debounce_until = Some(now + self.settings.debounce);
+                    self.changed = Some(match self.changed.take() {
+                        Some(before) => before.merge(scope),
+                        None => scope,
+                    });
                 }
             }
             Input::Tick => {}
@@ -488,8 +507,22 @@ impl Core {
                 });
                 self.answer_status_waits(now);
             }
-            Request::Reload => self.trigger(now, Some(to)),
-            Request::Rollback => self.rollback(now, to),
+            Request::Reload { handler } => match handler {
+                None => self.trigger(now, Some(to), Scope::All),
+                Some(name) => {
+                    if self.known_handler(to, &name) {
+                        self.trigger(now, Some(to), Scope::handler(&name));
+                    }
+                }
+            },
+            Request::Rollback { handler } => match handler {
+                None => self.rollback(now, to),
+                Some(name) => {
+                    if self.known_handler(to, &name) {
+                        self.rollback_handler(now, to, &name);
+                    }
+                }
+            },
             Request::Scale { workers } => self.scale_to(now, to, workers),
         }
     }
@@ -499,7 +532,7 @@ impl Core {
             SignalEvent::Shutdown => self.begin_shutdown(now),
             SignalEvent::Reload => {
                 tracing::info!("SIGHUP: reloading");
-                self.trigger(now, None);
+                self.trigger(now, None, Scope::All);
             }
             SignalEvent::ScaleUp => {
                 let n = self.pending_target.unwrap_or(self.target) + 1;
@@ -519,8 +552,9 @@ impl Core {
         }
         if self.debounce_until.is_some_and(|t| now >= t) {
             self.debounce_until = None;
-            tracing::info!("handler file changed");
-            self.trigger(now, None);
+            let scope = self.changed.take().unwrap_or(Scope::All);
+            tracing::info!("files changed: reading {scope:?} again");
+            self.trigger(now, None, scope);
         }
         if now >= self.next_liveness_check {
             self.check_liveness(now);
@@ -597,6 +631,7 @@ impl Core {
             target_workers: self.target,
             pending_target: self.pending_target,
             last_deploy: self.deploys.last().clone(),
+            handlers: self.deploys.handler_statuses(),
             history: self.deploys.history().cloned().collect(),
             workers: self
                 .slots
@@ -719,6 +754,23 @@ impl Core {
             self.out.push(Effect::CloseConn(conn));
         }
         self.out.push(Effect::Exit(result));
+    }
+
+    /// Whether the live app has a handler `name`; refuses `to` if not.
+    fn known_handler(&mut self, to: ControlId, name: &str) -> bool {
+        let app = &self.deploys.current().app;
+        if app.handler(name).is_some() {
+            return true;
+        }
+        let known = app.handlers.iter().map(|h| h.name().to_string()).collect();
+        self.refuse(
+            to,
+            Refusal::UnknownHandler {
+                name: name.to_string(),
+                known,
+            },
+        );
+        false
     }
 
     fn refuse(&mut self, to: ControlId, reason: Refusal) {

@@ -1,26 +1,31 @@
 //! Property test: random sequences of inputs against a simulated world of
 //! workers that answer late, never, or die, with the invariants checked
-//! after every step and convergence checked once the inputs stop.
+//! after every step and convergence checked once the inputs stop. The
+//! world serves one handler, or a manifest of three whose files change,
+//! reload and roll back one at a time, at random.
+
+use std::collections::BTreeMap;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::tests::{artifact, settings};
+use super::tests::{artifact, handler, settings};
 use super::*;
+use crate::config::app::App;
 
 /// What a simulated worker (or compile) owes the core.
 #[derive(Debug, Clone)]
 enum Owed {
     Ready(WorkerId),
-    Load(WorkerId, String),
+    Load(WorkerId, Box<App>),
     Conn(WorkerId, ConnId),
     Drain(WorkerId),
     Report(WorkerId),
     /// The process is dead: its channel closes and it is reaped.
     Exit(WorkerId),
-    Compile(JobId),
+    Compile(JobId, Scope, Box<App>),
 }
 
 impl Owed {
@@ -30,7 +35,7 @@ impl Owed {
         match self {
             Owed::Ready(w) | Owed::Load(w, _) | Owed::Conn(w, _) | Owed::Drain(w) => Some(*w),
             Owed::Report(w) => Some(*w),
-            Owed::Exit(_) | Owed::Compile(_) => None,
+            Owed::Exit(_) | Owed::Compile(..) => None,
         }
     }
 }
@@ -47,8 +52,10 @@ struct World {
     now: Instant,
     owed: Vec<Owed>,
     procs: HashMap<WorkerId, Proc>,
-    /// The version the handler file holds now.
-    file: String,
+    /// The version each handler's file holds now, by handler name.
+    files: BTreeMap<String, String>,
+    /// A manifest of several handlers (else the one-handler mode).
+    manifest: bool,
     next_conn: ConnId,
     accepted: HashSet<ConnId>,
     closed: HashSet<ConnId>,
@@ -60,20 +67,65 @@ struct World {
 
 const BAD: &str = "bad";
 const GARBAGE: &str = "garbage";
+const HANDLERS: [&str; 3] = ["api", "site", "admin"];
+
+/// What the shell's compile job makes of the files: every handler's file
+/// (Scope::All) or only those named, on top of `base`; a file of garbage
+/// refuses the whole job, as the real one does.
+fn build(
+    files: &BTreeMap<String, String>,
+    scope: &Scope,
+    base: Option<&App>,
+    manifest: bool,
+) -> Result<Release, String> {
+    if !manifest {
+        return match files["main"].as_str() {
+            GARBAGE => Err("not a WebAssembly file".into()),
+            v => Ok(artifact(v)),
+        };
+    }
+    let read = |name: &str| match files[name].as_str() {
+        GARBAGE => Err(format!("handler `{name}`: not a WebAssembly file")),
+        v => Ok(handler(name, v, &format!("digest-of-{name}-{v}"))),
+    };
+    let handlers = match (scope, base) {
+        (Scope::Handlers(names), Some(base)) => base
+            .handlers
+            .iter()
+            .map(|h| {
+                if names.contains(h.name()) {
+                    read(h.name())
+                } else {
+                    Ok(h.clone())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => HANDLERS.iter().map(|n| read(n)).collect::<Result<_, _>>()?,
+    };
+    Ok(Release::new(App::new(handlers, true), false, Duration::ZERO))
+}
 
 impl World {
-    fn new(workers: usize) -> World {
+    fn new(workers: usize, manifest: bool) -> World {
         let now = Instant::now();
         if std::env::var_os("CORE_TRACE").is_some() {
             eprintln!("=== CASE");
         }
-        let (core, fx) = Core::new(settings(workers), artifact("v1"), now);
+        let names: &[&str] = if manifest { &HANDLERS } else { &["main"] };
+        let files = names.iter().map(|n| (n.to_string(), "v1".to_string())).collect();
+        let first = if manifest {
+            build(&files, &Scope::All, None, true).expect("v1 compiles")
+        } else {
+            artifact("v1")
+        };
+        let (core, fx) = Core::new(settings(workers), first, now);
         let mut w = World {
             core,
             now,
             owed: Vec::new(),
             procs: HashMap::new(),
-            file: "v1".into(),
+            files,
+            manifest,
             next_conn: 1,
             accepted: HashSet::new(),
             closed: HashSet::new(),
@@ -101,11 +153,11 @@ impl World {
     fn perform(&mut self, effects: Vec<Effect>) {
         for e in effects {
             match e {
-                Effect::Spawn { worker, artifact } => {
+                Effect::Spawn { worker, release } => {
                     self.procs.insert(
                         worker,
                         Proc {
-                            version: artifact.version,
+                            version: release.version,
                             alive: true,
                             hung: false,
                         },
@@ -137,14 +189,16 @@ impl World {
                     assert!(self.closed.insert(conn), "conn {conn} closed twice");
                     self.held_by.remove(&conn);
                 }
-                Effect::Send(worker, ToWorker::Load(version)) => {
-                    self.owed.push(Owed::Load(worker, version.id))
+                Effect::Send(worker, ToWorker::Load(app)) => {
+                    self.owed.push(Owed::Load(worker, app))
                 }
                 Effect::Send(worker, ToWorker::Drain) => self.owed.push(Owed::Drain(worker)),
                 Effect::Send(worker, ToWorker::Report) => self.owed.push(Owed::Report(worker)),
                 Effect::Send(_, other) => panic!("unexpected message {other:?}"),
                 Effect::Kill(worker) => self.kill(worker),
-                Effect::Compile(job) => self.owed.push(Owed::Compile(job)),
+                Effect::Compile { job, scope, base } => {
+                    self.owed.push(Owed::Compile(job, scope, base))
+                }
                 Effect::Exit(result) => {
                     assert_eq!(result, Ok(()));
                     self.exited = true;
@@ -173,8 +227,10 @@ impl World {
                 self.input(Input::Spawned { worker: w, pid: 1 });
                 self.input(Input::FromWorker(w, ToPrimary::Ready { version }));
             }
-            Owed::Load(w, version) if alive(&w, self) => {
-                let msg = if version == BAD {
+            Owed::Load(w, app) if alive(&w, self) => {
+                let version = app.id.clone();
+                // A handler that fails its smoke check refuses the app.
+                let msg = if app.handlers.iter().any(|h| h.version.id == BAD) {
                     ToPrimary::LoadFailed {
                         version,
                         error: "smoke check failed".into(),
@@ -208,12 +264,8 @@ impl World {
                 self.input(Input::WorkerGone(w, Gone::ChannelClosed));
                 self.input(Input::WorkerGone(w, Gone::Exited("signal 9".into())));
             }
-            Owed::Compile(job) => {
-                let result = if self.file == GARBAGE {
-                    Err("not a WebAssembly file".into())
-                } else {
-                    Ok(artifact(&self.file))
-                };
+            Owed::Compile(job, scope, base) => {
+                let result = build(&self.files, &scope, Some(&base), self.manifest);
                 self.input(Input::Compiled { job, result });
             }
             // Owed by a dead or hung worker: never comes.
@@ -276,6 +328,12 @@ impl World {
                     && c.slots.iter().all(|s| s.state == WorkerState::Ready)))
     }
 
+    /// The name of handler `i` (modulo how many there are).
+    fn name(&self, i: usize) -> String {
+        let names: Vec<&String> = self.files.keys().collect();
+        names[i % names.len()].clone()
+    }
+
     fn control(&mut self, request: Request) {
         let id = self.next_control;
         self.next_control += 1;
@@ -326,9 +384,14 @@ enum Step {
     /// The worker owing this `Ready` finds its artifact damaged instead.
     Damage(usize),
     Kill(usize),
-    WriteFile(&'static str),
+    /// A handler's file (by index) gets a new version.
+    WriteFile(usize, &'static str),
+    /// The manifest changes: everything is read again.
+    WriteManifest,
     Reload,
+    ReloadHandler(usize),
     Rollback,
+    RollbackHandler(usize),
     Scale(usize),
     Ttin,
     Ttou,
@@ -343,9 +406,13 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<usize>().prop_map(Step::Hang),
         1 => any::<usize>().prop_map(Step::Damage),
         2 => any::<usize>().prop_map(Step::Kill),
-        2 => prop::sample::select(vec!["v1", "v2", "v3", BAD, GARBAGE]).prop_map(Step::WriteFile),
-        2 => Just(Step::Reload),
+        3 => (any::<usize>(), prop::sample::select(vec!["v1", "v2", "v3", BAD, GARBAGE]))
+            .prop_map(|(h, v)| Step::WriteFile(h, v)),
+        1 => Just(Step::WriteManifest),
+        1 => Just(Step::Reload),
+        1 => any::<usize>().prop_map(Step::ReloadHandler),
         1 => Just(Step::Rollback),
+        1 => any::<usize>().prop_map(Step::RollbackHandler),
         1 => (1usize..=4).prop_map(Step::Scale),
         1 => Just(Step::Ttin),
         1 => Just(Step::Ttou),
@@ -409,12 +476,27 @@ fn run(world: &mut World, steps: &[Step]) {
                     world.kill(live[i % live.len()]);
                 }
             }
-            Step::WriteFile(v) => {
-                world.file = v.to_string();
-                world.input(Input::FileChanged);
+            Step::WriteFile(h, v) => {
+                let name = world.name(*h);
+                world.files.insert(name.clone(), v.to_string());
+                let scope = if world.manifest {
+                    Scope::handler(&name)
+                } else {
+                    Scope::All
+                };
+                world.input(Input::FileChanged(scope));
             }
-            Step::Reload => world.control(Request::Reload),
-            Step::Rollback => world.control(Request::Rollback),
+            Step::WriteManifest => world.input(Input::FileChanged(Scope::All)),
+            Step::Reload => world.control(Request::Reload { handler: None }),
+            Step::ReloadHandler(h) => {
+                let handler = Some(world.name(*h));
+                world.control(Request::Reload { handler })
+            }
+            Step::Rollback => world.control(Request::Rollback { handler: None }),
+            Step::RollbackHandler(h) => {
+                let handler = Some(world.name(*h));
+                world.control(Request::Rollback { handler })
+            }
             Step::Scale(n) => world.control(Request::Scale { workers: *n }),
             Step::Ttin => world.input(Input::Signal(SignalEvent::ScaleUp)),
             Step::Ttou => world.input(Input::Signal(SignalEvent::ScaleDown)),
@@ -434,9 +516,10 @@ proptest! {
     #[test]
     fn the_core_keeps_its_invariants_and_converges(
         workers in 1usize..=3,
+        manifest in any::<bool>(),
         steps in prop::collection::vec(step(), 1..120),
     ) {
-        let mut world = World::new(workers);
+        let mut world = World::new(workers, manifest);
         run(&mut world, &steps);
         // The inputs stop: within a bounded time (load deadline 20 s,
         // liveness 10 s, backoff at most 30 s, drain 35 s, a few rolls),
@@ -444,23 +527,38 @@ proptest! {
         let rounds = world.settle(3000);
         prop_assert!(rounds < 3000, "no convergence: {:?}", world.core.status(world.now));
         let c = &world.core;
-        let current = c.deploys.current().version.clone();
-        prop_assert_ne!(current.as_str(), BAD);
+        let current = c.deploys.current().clone();
+        for h in &current.app.handlers {
+            prop_assert_ne!(h.version.id.as_str(), BAD, "a refused handler went live");
+        }
         for s in &c.slots {
             prop_assert_eq!(s.state, WorkerState::Ready);
-            prop_assert_eq!(&s.version, &current);
+            prop_assert_eq!(&s.version, &current.version);
         }
         prop_assert!(c.queue.is_empty() && c.in_transit.is_empty());
+        prop_assert!(c.ready());
         // No live process serves anything but the current version.
         for p in world.procs.values().filter(|p| p.alive && !p.hung) {
-            prop_assert_eq!(&p.version, &current);
+            prop_assert_eq!(&p.version, &current.version);
         }
-        // One more deploy reaches every worker.
-        world.file = "v9".into();
-        world.control(Request::Reload);
+        // One more deploy, of one handler's file, reaches every worker and
+        // changes that handler alone.
+        let name = world.name(0);
+        world.files.insert(name.clone(), "v9".into());
+        let scope = if manifest { Scope::handler(&name) } else { Scope::All };
+        world.input(Input::FileChanged(scope));
         prop_assert!(world.settle(3000) < 3000);
+        let after = world.core.deploys.current().clone();
+        for h in &after.app.handlers {
+            let before = current.app.handler(h.name()).expect("same handlers");
+            if h.name() == name {
+                prop_assert_eq!(h.version.id.as_str(), "v9");
+            } else {
+                prop_assert_eq!(h, before, "another handler changed");
+            }
+        }
         for s in &world.core.slots {
-            prop_assert_eq!(s.version.as_str(), "v9");
+            prop_assert_eq!(&s.version, &after.version);
         }
         // And a shutdown ends.
         world.input(Input::Signal(SignalEvent::Shutdown));

@@ -4,16 +4,49 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::config::Version;
+use crate::config::app::{App, HandlerLimits, HandlerPlan, HandlerSettings, HandlerSpec, Route};
 use crate::primary::control::protocol::{DeployError, DeployKind, DeployResult};
 
-pub(super) fn artifact(version: &str) -> Artifact {
-    Artifact {
-        path: PathBuf::from(format!("/cache/{version}.cwasm")),
-        version: version.to_string(),
-        digest: format!("digest-of-{version}"),
-        compiled: false,
-        compile_time: Duration::ZERO,
+/// A handler of `name` at `version`, its artifact with `digest`.
+pub(super) fn handler(name: &str, version: &str, digest: &str) -> HandlerSpec {
+    let settings = HandlerSettings {
+        grants: Default::default(),
+        limits: HandlerLimits {
+            timeout: Duration::from_secs(30),
+            max_body: 1 << 20,
+            max_memory: 1 << 20,
+            reuse: crate::config::Reuse::Default,
+            max_instance_concurrency: 1,
+            smoke: crate::config::SmokeCheck {
+                path: "/".into(),
+                timeout: Duration::from_secs(10),
+            },
+        },
+    };
+    HandlerSpec {
+        plan: HandlerPlan {
+            name: name.into(),
+            source: PathBuf::from(format!("/app/{name}.wasm")),
+            routes: vec![Route {
+                host: None,
+                path: format!("/{name}"),
+                prefix: true,
+            }],
+            settings,
+        },
+        version: Version {
+            artifact: PathBuf::from(format!("/cache/{version}.cwasm")),
+            id: version.to_string(),
+            digest: digest.to_string(),
+        },
     }
+}
+
+/// The one-handler app at `version`.
+pub(super) fn artifact(version: &str) -> Release {
+    let h = handler("main", version, &format!("digest-of-{version}"));
+    Release::new(App::new(vec![h], false), false, Duration::ZERO)
 }
 
 pub(super) fn settings(workers: usize) -> Settings {
@@ -91,7 +124,7 @@ impl Sim {
     }
 
     fn reload(&mut self, to: ControlId) -> JobId {
-        let fx = self.input(Input::Control(to, Request::Reload));
+        let fx = self.input(Input::Control(to, Request::Reload { handler: None }));
         compile_job(&fx).expect("a compile starts")
     }
 
@@ -126,7 +159,7 @@ impl Sim {
 
 fn compile_job(fx: &[Effect]) -> Option<JobId> {
     fx.iter().find_map(|e| match e {
-        Effect::Compile(j) => Some(*j),
+        Effect::Compile { job, .. } => Some(*job),
         _ => None,
     })
 }
@@ -206,7 +239,7 @@ fn a_damaged_artifact_is_compiled_again_and_replacements_load_the_new_file() {
     // No replacement loads the damaged file while it is rebuilt.
     let spawned = |fx: &[Effect]| {
         fx.iter().find_map(|e| match e {
-            Effect::Spawn { worker, artifact } if worker.index == 1 => Some(artifact.clone()),
+            Effect::Spawn { worker, release } if worker.index == 1 => Some(release.clone()),
             _ => None,
         })
     };
@@ -217,10 +250,14 @@ fn a_damaged_artifact_is_compiled_again_and_replacements_load_the_new_file() {
         "the shell would spin"
     );
     // The cache rebuilt the file: the same version, other bytes.
-    let rebuilt = Artifact {
-        digest: "digest-of-the-rebuilt-v1".into(),
-        ..artifact("v1")
-    };
+    let rebuilt = Release::new(
+        App::new(
+            vec![handler("main", "v1", "digest-of-the-rebuilt-v1")],
+            false,
+        ),
+        false,
+        Duration::ZERO,
+    );
     let fx = sim.input(Input::Compiled {
         job,
         result: Ok(rebuilt.clone()),
@@ -506,7 +543,7 @@ fn a_worker_lost_during_the_canary_ends_the_roll_whoever_noticed() {
             "path {i}: {d:?}"
         );
         assert!(!sim.core.deploys.busy(), "path {i}");
-        let fx = sim.input(Input::Control(2, Request::Reload));
+        let fx = sim.input(Input::Control(2, Request::Reload { handler: None }));
         assert!(
             compile_job(&fx).is_some(),
             "path {i}: reload refused: {fx:?}"
@@ -535,7 +572,7 @@ fn a_worker_lost_during_the_revert_still_ends_the_roll() {
         .filter(|e| matches!(e, Effect::Spawn { .. }))
         .collect();
     for e in &respawned {
-        assert!(matches!(e, Effect::Spawn { artifact, .. } if artifact.version == "v1"));
+        assert!(matches!(e, Effect::Spawn { release, .. } if release.version == "v1"));
     }
 }
 
@@ -620,7 +657,7 @@ fn a_worker_replaced_during_a_roll_catches_up_after_it() {
     let fx = sim.gone(w1, Gone::Exited("signal 9".into()));
     assert!(
         fx.iter()
-            .any(|e| matches!(e, Effect::Spawn { artifact, .. } if artifact.version == "v1"))
+            .any(|e| matches!(e, Effect::Spawn { release, .. } if release.version == "v1"))
     );
     let fx = sim.loaded(w0, "v2");
     let d = deploy_reply(&fx, 1);
@@ -645,7 +682,7 @@ fn a_worker_replaced_during_a_roll_catches_up_after_it() {
 fn a_compile_overtaken_by_a_newer_trigger_is_not_rolled() {
     let mut sim = Sim::running(1);
     let job = sim.reload(1);
-    sim.input(Input::FileChanged);
+    sim.input(Input::FileChanged(Scope::All));
     let fx = sim.advance(Duration::from_millis(250));
     assert!(compile_job(&fx).is_none(), "one compile at a time");
     let fx = sim.compiled(job, "half-written");
@@ -663,7 +700,7 @@ fn a_compile_overtaken_by_a_newer_trigger_is_not_rolled() {
 fn file_events_are_debounced_into_one_compile() {
     let mut sim = Sim::running(1);
     for _ in 0..5 {
-        let fx = sim.input(Input::FileChanged);
+        let fx = sim.input(Input::FileChanged(Scope::All));
         assert!(compile_job(&fx).is_none());
         sim.now += Duration::from_millis(50);
     }
@@ -690,7 +727,7 @@ fn an_unchanged_file_rolls_nothing_and_a_compile_error_is_reported() {
 #[test]
 fn rollback_needs_a_previous_version_and_no_deploy_in_progress() {
     let mut sim = Sim::running(1);
-    let fx = sim.input(Input::Control(1, Request::Rollback));
+    let fx = sim.input(Input::Control(1, Request::Rollback { handler: None }));
     assert_eq!(
         reply(&fx, 1),
         Some(Reply::Refused {
@@ -698,7 +735,7 @@ fn rollback_needs_a_previous_version_and_no_deploy_in_progress() {
         })
     );
     let job = sim.reload(2);
-    let fx = sim.input(Input::Control(3, Request::Rollback));
+    let fx = sim.input(Input::Control(3, Request::Rollback { handler: None }));
     assert_eq!(
         reply(&fx, 3),
         Some(Reply::Refused {
@@ -707,7 +744,7 @@ fn rollback_needs_a_previous_version_and_no_deploy_in_progress() {
     );
     let fx = sim.compiled(job, "v2");
     sim.loaded(load(&fx).unwrap().0, "v2");
-    let fx = sim.input(Input::Control(4, Request::Rollback));
+    let fx = sim.input(Input::Control(4, Request::Rollback { handler: None }));
     let (w, v) = load(&fx).unwrap();
     assert_eq!(v, "v1");
     let fx = sim.loaded(w, "v1");
@@ -981,4 +1018,99 @@ fn workers_at_capacity_get_no_connections_and_the_listener_pauses() {
         }]
     );
     assert!(sim.core.accepting());
+}
+
+/// An app of handlers `api` and `site`, at these versions.
+fn two(api: &str, site: &str) -> Release {
+    let handlers = vec![
+        handler("api", api, &format!("digest-of-api-{api}")),
+        handler("site", site, &format!("digest-of-site-{site}")),
+    ];
+    Release::new(App::new(handlers, true), false, Duration::ZERO)
+}
+
+#[test]
+fn one_handler_reloads_and_rolls_back_alone_and_unknown_names_are_refused() {
+    let now = Instant::now();
+    let first = two("a1", "s1");
+    let (core, log) = Core::new(settings(1), first.clone(), now);
+    let mut sim = Sim { core, now, log };
+    let w = sim.worker(0);
+    sim.ready(w, &first.version);
+    // A file event of one handler compiles that handler alone, on the live app.
+    sim.input(Input::FileChanged(Scope::handler("site")));
+    let fx = sim.advance(Duration::from_millis(300));
+    let (job, scope, base) = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Compile { job, scope, base } => Some((*job, scope.clone(), base.clone())),
+            _ => None,
+        })
+        .expect("a compile starts");
+    assert_eq!(scope, Scope::handler("site"));
+    assert_eq!(*base, first.app);
+    let second = two("a1", "s2");
+    let fx = sim.input(Input::Compiled {
+        job,
+        result: Ok(second.clone()),
+    });
+    assert_eq!(load(&fx), Some((w, second.version.clone())));
+    sim.loaded(w, &second.version);
+    let status = sim.core.status(sim.now);
+    let site = &status.handlers[1];
+    assert_eq!((site.name.as_str(), site.version.as_str()), ("site", "s2"));
+    assert_eq!(site.previous.as_deref(), Some("s1"));
+    assert!(site.last_deploy.as_ref().is_some_and(|d| d.ok()));
+    assert_eq!(status.handlers[0].previous, None, "api did not change");
+    assert_eq!(status.handlers[0].last_deploy, None);
+    // Names the app does not have are refused, naming the ones it has.
+    for request in [
+        Request::Reload {
+            handler: Some("nope".into()),
+        },
+        Request::Rollback {
+            handler: Some("nope".into()),
+        },
+    ] {
+        let fx = sim.input(Input::Control(7, request));
+        assert_eq!(
+            reply(&fx, 7),
+            Some(Reply::Refused {
+                reason: Refusal::UnknownHandler {
+                    name: "nope".into(),
+                    known: vec!["api".into(), "site".into()],
+                }
+            })
+        );
+    }
+    // `api` has nothing to roll back to; `site` goes back to s1, api stays.
+    let fx = sim.input(Input::Control(
+        8,
+        Request::Rollback {
+            handler: Some("api".into()),
+        },
+    ));
+    assert_eq!(
+        reply(&fx, 8),
+        Some(Reply::Refused {
+            reason: Refusal::NoPreviousVersion
+        })
+    );
+    let fx = sim.input(Input::Control(
+        9,
+        Request::Rollback {
+            handler: Some("site".into()),
+        },
+    ));
+    let target = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send(_, ToWorker::Load(app)) => Some(app.clone()),
+            _ => None,
+        })
+        .expect("a roll starts");
+    assert_eq!(*target, first.app, "only site went back");
+    sim.loaded(w, &target.id);
+    assert_eq!(sim.core.deploys.current().version, first.version);
+    assert!(sim.core.ready());
 }

@@ -159,7 +159,7 @@ impl Core {
         self.unreaped.insert(worker);
         self.out.push(Effect::Spawn {
             worker,
-            artifact: self.deploys.current().clone(),
+            release: self.deploys.current().clone(),
         });
     }
 

@@ -77,6 +77,11 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+/// Where a manifest mounted the handler a request reached (`/api` for
+/// `route = "/api/..."`): CGI's SCRIPT_NAME, the path's rest its PATH_INFO.
+#[derive(Clone, Debug)]
+pub struct ScriptName(pub std::sync::Arc<str>);
+
 /// Whether the request arrived over TLS.
 pub fn is_tls<B>(req: &hyper::Request<B>) -> bool {
     req.extensions().get::<ConnInfo>().is_some_and(|c| c.tls)

@@ -20,7 +20,7 @@ use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::call::{self, BodyError, ConnInfo, GuardedBody, GuestError, RequestBody};
+use super::call::{self, BodyError, ConnInfo, GuardedBody, GuestError, RequestBody, ScriptName};
 use super::cgi_head::{head_end, parse_head};
 
 /// The CGI header block may not be larger than this.
@@ -54,6 +54,13 @@ pub fn pre_instantiate(engine: &Engine, module: &Module) -> Result<InstancePre<C
 
 /// The CGI/1.1 meta-variables for a request (RFC 3875 section 4.1).
 pub fn cgi_env(parts: &http::request::Parts, conn: Option<ConnInfo>) -> Vec<(String, String)> {
+    let path = parts.uri.path();
+    let script = parts
+        .extensions
+        .get::<ScriptName>()
+        .map_or("", |s| &s.0)
+        .to_string();
+    let info = path.strip_prefix(script.as_str()).unwrap_or(path).to_string();
     let mut env = vec![
         ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
         (
@@ -61,8 +68,8 @@ pub fn cgi_env(parts: &http::request::Parts, conn: Option<ConnInfo>) -> Vec<(Str
             concat!("wcluster/", env!("CARGO_PKG_VERSION")).into(),
         ),
         ("REQUEST_METHOD".into(), parts.method.to_string()),
-        ("SCRIPT_NAME".into(), String::new()),
-        ("PATH_INFO".into(), parts.uri.path().to_string()),
+        ("SCRIPT_NAME".into(), script),
+        ("PATH_INFO".into(), info),
         (
             "QUERY_STRING".into(),
             parts.uri.query().unwrap_or("").to_string(),

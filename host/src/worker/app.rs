@@ -1,0 +1,113 @@
+//! The application a worker serves: its handlers, loaded, and the routing
+//! table to them. A deploy builds a new one beside it and the service swaps
+//! it whole (service.rs), so a request sees one table or the other, never a
+//! mix. Handlers whose version and settings did not change are carried
+//! over as they are (same instances, same capabilities): a roll of one
+//! handler leaves the others untouched.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::config::app::{App, HandlerLimits, HandlerSpec};
+use crate::config::routes::{Match, Router};
+use crate::runtime::artifact::engine::Engines;
+use crate::runtime::capabilities::Capabilities;
+use crate::runtime::guest::{Handler, InstancePolicy, Strategy};
+
+/// One handler of the application, loaded.
+pub struct Mounted {
+    pub name: Arc<str>,
+    pub handler: Arc<Handler>,
+    pub limits: HandlerLimits,
+    /// What it was loaded from: an equal spec in the next app reuses it.
+    spec: HandlerSpec,
+}
+
+pub struct LoadedApp {
+    pub id: String,
+    /// Guests are told where they were mounted (a manifest's app).
+    pub manifest: bool,
+    router: Router,
+    handlers: Vec<Mounted>,
+}
+
+/// When a handler that is new to this worker must pass its smoke check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Smoke {
+    /// A deploy: every new handler.
+    Always,
+    /// The worker's first app, which the compile child checked: only
+    /// handlers that reuse instances (they must serve a second request in
+    /// one instance before they take traffic).
+    WhenReused,
+}
+
+impl LoadedApp {
+    /// Loads `app`, taking handlers `current` already has. Blocking work
+    /// (reading and mapping artifacts) runs off the event loop.
+    pub async fn load(
+        engines: &Arc<Engines>,
+        app: &App,
+        current: Option<&LoadedApp>,
+        smoke: Smoke,
+    ) -> Result<LoadedApp> {
+        let mut handlers = Vec::with_capacity(app.handlers.len());
+        let mut routes = Vec::new();
+        for (i, spec) in app.handlers.iter().enumerate() {
+            let kept = current.and_then(|c| c.handlers.iter().find(|m| m.spec == *spec));
+            let handler = match kept {
+                Some(m) => m.handler.clone(),
+                None => load_one(engines, spec, smoke)
+                    .await
+                    .with_context(|| format!("handler `{}`", spec.name()))?,
+            };
+            routes.extend(spec.plan.routes.iter().map(|r| (r.clone(), i)));
+            handlers.push(Mounted {
+                name: spec.name().into(),
+                handler,
+                limits: spec.plan.settings.limits.clone(),
+                spec: spec.clone(),
+            });
+        }
+        let names: Vec<&str> = app.handlers.iter().map(|h| h.name()).collect();
+        let router = Router::build(&routes, &names).map_err(anyhow::Error::msg)?;
+        Ok(LoadedApp {
+            id: app.id.clone(),
+            manifest: app.manifest,
+            router,
+            handlers,
+        })
+    }
+
+    /// The handler a request reaches, and where it is mounted.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<(&Mounted, Match<'_>)> {
+        let m = self.router.lookup(host, path)?;
+        Some((&self.handlers[m.handler], m))
+    }
+
+    pub fn handlers(&self) -> impl Iterator<Item = &Mounted> {
+        self.handlers.iter()
+    }
+}
+
+async fn load_one(engines: &Arc<Engines>, spec: &HandlerSpec, smoke: Smoke) -> Result<Arc<Handler>> {
+    let settings = &spec.plan.settings;
+    let caps = Arc::new(Capabilities::new(settings.grants.clone())?);
+    let limits = &settings.limits;
+    let policy = InstancePolicy {
+        reuse: limits.reuse,
+        concurrency: limits.max_instance_concurrency,
+        request_timeout: limits.timeout,
+    };
+    let (engines, version) = (engines.clone(), spec.version.clone());
+    let handler =
+        tokio::task::spawn_blocking(move || Handler::load(&engines, &version, caps, policy))
+            .await??;
+    if smoke == Smoke::Always || handler.strategy() != Strategy::Fresh {
+        handler
+            .smoke_check(&limits.smoke.path, limits.smoke.timeout)
+            .await?;
+    }
+    Ok(Arc::new(handler))
+}
