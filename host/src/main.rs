@@ -23,13 +23,17 @@ use clap::Parser;
 use cli::{Cli, Command};
 use primary::control::protocol::Request;
 
+/// `wcluster serve`: the flags, under them a manifest's `[server]` table.
+fn serve() -> anyhow::Result<()> {
+    let args = config::server_table::serve_args(std::env::args_os().collect())?;
+    let _log = logging::init(args.log_format);
+    config::Config::from_args(args).and_then(primary::main)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => {
-            let _log = logging::init(args.log_format);
-            config::Config::from_args(args).and_then(primary::main)
-        }
+        Command::Serve(_) => serve(),
         Command::Status(args) => primary::control_client(Request::Status, args),
         Command::Reload(args) => primary::control_client(
             Request::Reload {

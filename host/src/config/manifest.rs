@@ -45,13 +45,6 @@ pub fn load(path: &Path, defaults: &HandlerSettings, max_size: u64) -> Result<Ma
     Ok(parsed.manifest)
 }
 
-/// The manifest in `text`; `file` names it in messages, relative paths
-/// resolve in `dir`. No filesystem access: [`load`] checks the paths.
-/// Required variables come from the process environment.
-pub fn parse(text: &str, file: &Path, dir: &Path, defaults: &HandlerSettings) -> Result<Manifest> {
-    Ok(parse_with(text, file, dir, defaults, &process_env)?.manifest)
-}
-
 /// Only `[server]`'s flags from the manifest at `path` (the whole file is
 /// still checked for syntax): the flags decide the defaults [`load`] needs
 /// (`max_memory` among them), so they are read first.

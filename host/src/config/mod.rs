@@ -14,6 +14,7 @@ pub mod admin;
 pub mod app;
 pub mod manifest;
 pub mod routes;
+pub mod server_table;
 pub mod tls;
 pub mod worker;
 

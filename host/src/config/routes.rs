@@ -121,12 +121,6 @@ pub fn parse_host(host: &str) -> Result<String, String> {
     if name.is_empty() {
         return Err(format!("host `{host}` is empty"));
     }
-    if name.len() > MAX_HOST_LEN {
-        return Err(format!(
-            "host `{}...` is longer than {MAX_HOST_LEN} characters",
-            &name[..32.min(name.len())].escape_default()
-        ));
-    }
     if name.contains(':') {
         return Err(format!(
             "host `{host}`: leave out the port; a route matches its host on any port"
@@ -145,6 +139,12 @@ pub fn parse_host(host: &str) -> Result<String, String> {
             "host `{}`: {c:?} is not allowed (letters, digits, `-` and `.`; \
              write an internationalized name in its xn-- form)",
             host.escape_default()
+        ));
+    }
+    if name.len() > MAX_HOST_LEN {
+        return Err(format!(
+            "host `{}...` is longer than {MAX_HOST_LEN} characters",
+            name.get(..32).unwrap_or(name)
         ));
     }
     if name.split('.').any(str::is_empty) {
@@ -186,11 +186,6 @@ impl Match<'_> {
     pub fn path_info<'p>(&self, path: &'p str) -> &'p str {
         path.get(self.mount.len()..).unwrap_or("")
     }
-}
-
-/// [`Match::path_info`], as a function.
-pub fn path_info<'p>(m: &Match<'_>, path: &'p str) -> &'p str {
-    m.path_info(path)
 }
 
 /// The routes of one host class (one host, or every host).
@@ -270,8 +265,10 @@ pub struct Router {
 }
 
 impl Router {
-    /// The one-handler mode: every request reaches `handler`.
-    pub fn single(handler: usize) -> Router {
+    /// Every request reaches `handler` (tests: the one-handler mode builds
+    /// its catch-all route like any other).
+    #[cfg(test)]
+    fn single(handler: usize) -> Router {
         let mut router = Router::default();
         router.any.catch_all = Some(handler);
         router
@@ -543,7 +540,7 @@ mod tests {
         ]);
         for path in ["/api", "/api/", "/api/v1/x", "/", "/x", "/y/z", "*"] {
             let m = r.lookup(None, path).unwrap();
-            assert_eq!(format!("{}{}", m.mount, path_info(&m, path)), path);
+            assert_eq!(format!("{}{}", m.mount, m.path_info(path)), path);
             assert!(!m.mount.ends_with('/'));
         }
         let m = r.lookup(None, "/api/v1").unwrap();

@@ -350,7 +350,10 @@ fn handlers(f: &mut Families, t: &WorkerCounts) {
         let m = counts::HANDLER_GUEST_FAILURES;
         for kind in FailureKind::ALL {
             let n = c.guest_failures.get(kind).copied().unwrap_or(0);
-            let labels = [("handler", name.as_str()), (FailureKind::LABEL, kind.as_str())];
+            let labels = [
+                ("handler", name.as_str()),
+                (FailureKind::LABEL, kind.as_str()),
+            ];
             f.counter(m.name, m.help, &labels, n);
         }
     }

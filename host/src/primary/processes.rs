@@ -18,10 +18,10 @@ use anyhow::{Context, Result};
 use tokio::sync::{Notify, mpsc};
 
 use super::core::{Gone, Input, WorkerId};
+use super::release::Release;
 use crate::cli::LogFormat;
 use crate::config::WorkerInit;
 use crate::ipc::{self, Channel, ToPrimary, ToWorker};
-use super::release::Release;
 
 struct Proc {
     chan: Arc<Channel>,

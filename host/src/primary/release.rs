@@ -47,7 +47,11 @@ impl Release {
     pub fn with_version(&self, name: &str, version: crate::config::Version) -> Option<Release> {
         let mut spec = self.app.handler(name)?.clone();
         spec.version = version;
-        Some(Release::new(self.app.with_handler(spec), false, Duration::ZERO))
+        Some(Release::new(
+            self.app.with_handler(spec),
+            false,
+            Duration::ZERO,
+        ))
     }
 }
 
@@ -118,16 +122,20 @@ pub async fn build(config: &Config, scope: &Scope, base: Option<&App>) -> Result
             handlers.push(spec.clone());
             continue;
         }
-        let artifact =
-            artifact::prepare(&plan.source, &config.cache_dir, &config.engine, &config.compile)
-                .await
-                .with_context(|| {
-                    if manifest {
-                        format!("handler `{}` ({})", plan.name, plan.source.display())
-                    } else {
-                        format!("handler `{}`", plan.source.display())
-                    }
-                })?;
+        let artifact = artifact::prepare(
+            &plan.source,
+            &config.cache_dir,
+            &config.engine,
+            &config.compile,
+        )
+        .await
+        .with_context(|| {
+            if manifest {
+                format!("handler `{}` ({})", plan.name, plan.source.display())
+            } else {
+                format!("handler `{}`", plan.source.display())
+            }
+        })?;
         compiled |= artifact.compiled;
         compile_time += artifact.compile_time;
         handlers.push(HandlerSpec {
@@ -156,7 +164,7 @@ fn plan(config: &Config) -> Result<AppPlan> {
             manifest: false,
         },
         Source::Manifest(path) => {
-            let m: AppPlanTemp = todo!("{path:?}"); // TEMP
+            let m = manifest::load(path, &config.defaults, config.max_manifest_size)?;
             for h in &m.plan.handlers {
                 crate::runtime::capabilities::check(&h.settings.grants)
                     .with_context(|| format!("{}: component `{}`", path.display(), h.name))?;
@@ -169,4 +177,3 @@ fn plan(config: &Config) -> Result<AppPlan> {
 
 /// The name of the handler in the one-handler mode (metrics, status).
 pub const ONE_HANDLER: &str = "main";
-struct AppPlanTemp { plan: AppPlan } // TEMP

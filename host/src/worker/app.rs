@@ -85,13 +85,13 @@ impl LoadedApp {
         let m = self.router.lookup(host, path)?;
         Some((&self.handlers[m.handler], m))
     }
-
-    pub fn handlers(&self) -> impl Iterator<Item = &Mounted> {
-        self.handlers.iter()
-    }
 }
 
-async fn load_one(engines: &Arc<Engines>, spec: &HandlerSpec, smoke: Smoke) -> Result<Arc<Handler>> {
+async fn load_one(
+    engines: &Arc<Engines>,
+    spec: &HandlerSpec,
+    smoke: Smoke,
+) -> Result<Arc<Handler>> {
     let settings = &spec.plan.settings;
     let caps = Arc::new(Capabilities::new(settings.grants.clone())?);
     let limits = &settings.limits;
@@ -99,6 +99,7 @@ async fn load_one(engines: &Arc<Engines>, spec: &HandlerSpec, smoke: Smoke) -> R
         reuse: limits.reuse,
         concurrency: limits.max_instance_concurrency,
         request_timeout: limits.timeout,
+        max_memory: limits.max_memory,
     };
     let (engines, version) = (engines.clone(), spec.version.clone());
     let handler =

@@ -20,18 +20,19 @@ impl Deployer {
         let this = self.clone();
         tokio::spawn(async move {
             let current = ctx.app();
-            let outcome =
-                match LoadedApp::load(&this.engines, &app, Some(&current), Smoke::Always).await {
-                    Ok(loaded) => {
-                        ctx.swap(loaded);
-                        tracing::info!(worker = ctx.index, version = %app.id, "now serving version {}", app.id);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        tracing::warn!(worker = ctx.index, version = %app.id, "refused version {}: {e:#}", app.id);
-                        Err(e)
-                    }
-                };
+            let outcome = match LoadedApp::load(&this.engines, &app, Some(&current), Smoke::Always)
+                .await
+            {
+                Ok(loaded) => {
+                    ctx.swap(loaded);
+                    tracing::info!(worker = ctx.index, version = %app.id, "now serving version {}", app.id);
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(worker = ctx.index, version = %app.id, "refused version {}: {e:#}", app.id);
+                    Err(e)
+                }
+            };
             link.loaded(app.id, &outcome).await;
         });
     }

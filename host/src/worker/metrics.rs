@@ -33,7 +33,8 @@ fn method_class(method: &http::Method) -> MethodClass {
 fn handler_counts<'a>(c: &'a mut WorkerCounts, name: &str) -> &'a mut HandlerCounts {
     // Looked up by &str first: no allocation once the handler has counts.
     if !c.handlers.contains_key(name) {
-        c.handlers.insert(name.to_string(), HandlerCounts::default());
+        c.handlers
+            .insert(name.to_string(), HandlerCounts::default());
     }
     c.handlers.get_mut(name).expect("inserted above")
 }
@@ -45,7 +46,13 @@ impl Counters {
 
     /// One request answered (its head sent) after `took`, by `handler`
     /// (None: refused before one was chosen).
-    pub fn request(&self, handler: Option<&str>, method: &http::Method, status: u16, took: Duration) {
+    pub fn request(
+        &self,
+        handler: Option<&str>,
+        method: &http::Method,
+        status: u16,
+        took: Duration,
+    ) {
         let secs = took.as_secs_f64();
         let bucket = DURATION_BUCKETS
             .iter()
@@ -64,10 +71,7 @@ impl Counters {
             c.duration_buckets[bucket] += 1;
             c.duration_sum += secs;
             if let Some(name) = handler {
-                *handler_counts(c, name)
-                    .requests
-                    .entry(status)
-                    .or_default() += 1;
+                *handler_counts(c, name).requests.entry(status).or_default() += 1;
             }
         });
     }
@@ -108,8 +112,18 @@ mod tests {
     #[test]
     fn requests_land_in_their_class_status_and_bucket() {
         let c = Counters::default();
-        c.request(Some("api"), &http::Method::GET, 200, Duration::from_micros(300));
-        c.request(Some("site"), &http::Method::GET, 200, Duration::from_secs(9));
+        c.request(
+            Some("api"),
+            &http::Method::GET,
+            200,
+            Duration::from_micros(300),
+        );
+        c.request(
+            Some("site"),
+            &http::Method::GET,
+            200,
+            Duration::from_secs(9),
+        );
         c.guest_failure("site", FailureKind::Trap);
         c.request(
             None,

@@ -140,14 +140,20 @@ async fn respond<'a>(
     }
     let Some((mounted, m)) = app.route(request_host(&req), req.uri().path()) else {
         return (
-            error(StatusCode::NOT_FOUND, "no route matches this request\n".into()),
+            error(
+                StatusCode::NOT_FOUND,
+                "no route matches this request\n".into(),
+            ),
             None,
         );
     };
     if app.manifest {
         mount(&mut req, &m);
     }
-    (run(ctx, mounted, req, start, request_id).await, Some(mounted))
+    (
+        run(ctx, mounted, req, start, request_id).await,
+        Some(mounted),
+    )
 }
 
 /// The host a request names: its Host header, or the authority of an

@@ -23,12 +23,12 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::{Announcement, ControlId, Core, Effect, JobId, Phase, WorkerId, WorkerState};
+use crate::config::Version;
 use crate::ipc::ToWorker;
+use crate::primary::control::protocol::HandlerStatus;
 use crate::primary::control::protocol::{
     DeployError, DeployKind, DeployOutcome, DeployResult, Refusal, Reply,
 };
-use crate::config::Version;
-use crate::primary::control::protocol::HandlerStatus;
 use crate::primary::release::{Release, Scope};
 
 /// Deploy outcomes kept for `status`.
@@ -154,7 +154,13 @@ impl Deploys {
 
     /// Records, for each handler `to` changes against `from`, the outcome;
     /// when `to` went live, also the version it replaced.
-    fn record_handlers(&mut self, from: &Release, to: &Release, outcome: &DeployOutcome, live: bool) {
+    fn record_handlers(
+        &mut self,
+        from: &Release,
+        to: &Release,
+        outcome: &DeployOutcome,
+        live: bool,
+    ) {
         for h in &to.app.handlers {
             let before = from.app.handler(h.name());
             if before.is_some_and(|b| b == h) {
@@ -189,9 +195,7 @@ impl Core {
         // A file of a handler the live app does not have (the manifest
         // named it, but that manifest did not go live): read everything.
         let scope = match scope {
-            Scope::Handlers(names)
-                if names.iter().any(|n| d.current.app.handler(n).is_none()) =>
-            {
+            Scope::Handlers(names) if names.iter().any(|n| d.current.app.handler(n).is_none()) => {
                 Scope::All
             }
             scope => scope,

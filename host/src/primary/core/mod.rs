@@ -30,8 +30,8 @@ use super::balancer::RoundRobin;
 use super::control::protocol::{
     DeployCount, DeployKind, MetricsSnapshot, Refusal, Reply, Request, Status,
 };
-use crate::ipc::{ToPrimary, ToWorker};
 use super::release::{Release, Scope};
+use crate::ipc::{ToPrimary, ToWorker};
 use crate::signal::SignalEvent;
 
 pub use super::control::protocol::WorkerState;

@@ -102,7 +102,11 @@ fn build(
             .collect::<Result<Vec<_>, _>>()?,
         _ => HANDLERS.iter().map(|n| read(n)).collect::<Result<_, _>>()?,
     };
-    Ok(Release::new(App::new(handlers, true), false, Duration::ZERO))
+    Ok(Release::new(
+        App::new(handlers, true),
+        false,
+        Duration::ZERO,
+    ))
 }
 
 impl World {
@@ -112,7 +116,10 @@ impl World {
             eprintln!("=== CASE");
         }
         let names: &[&str] = if manifest { &HANDLERS } else { &["main"] };
-        let files = names.iter().map(|n| (n.to_string(), "v1".to_string())).collect();
+        let files = names
+            .iter()
+            .map(|n| (n.to_string(), "v1".to_string()))
+            .collect();
         let first = if manifest {
             build(&files, &Scope::All, None, true).expect("v1 compiles")
         } else {

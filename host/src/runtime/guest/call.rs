@@ -208,7 +208,19 @@ pub async fn response<E: std::fmt::Debug>(
 /// tick; the deadline itself is a tokio timeout around the whole call.
 /// tokio's `yield_now` (not a plain wake) lets the I/O driver run first, so
 /// a guest in `loop {}` cannot starve the worker's sockets.
-pub fn yield_at_every_tick<T>(store: &mut Store<T>) {
+/// Store data with memory limits of its own (a handler's `max_memory`).
+pub trait Limited {
+    fn limits(&mut self) -> &mut wasmtime::StoreLimits;
+}
+
+/// A new store of a handler: memory bounded by the handler's limit, and
+/// yielding at every epoch tick.
+pub fn prepare_store<T: Limited + 'static>(store: &mut Store<T>) {
+    store.limiter(|s| s.limits());
+    yield_at_every_tick(store);
+}
+
+fn yield_at_every_tick<T>(store: &mut Store<T>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|_| {
         Ok(UpdateDeadline::YieldCustom(

@@ -30,6 +30,13 @@ const PIPE: usize = 64 * 1024;
 
 pub struct CgiState {
     wasi: WasiP1Ctx,
+    limits: wasmtime::StoreLimits,
+}
+
+impl call::Limited for CgiState {
+    fn limits(&mut self) -> &mut wasmtime::StoreLimits {
+        &mut self.limits
+    }
 }
 
 pub fn linker(engine: &Engine) -> Result<Linker<CgiState>> {
@@ -60,7 +67,10 @@ pub fn cgi_env(parts: &http::request::Parts, conn: Option<ConnInfo>) -> Vec<(Str
         .get::<ScriptName>()
         .map_or("", |s| &s.0)
         .to_string();
-    let info = path.strip_prefix(script.as_str()).unwrap_or(path).to_string();
+    let info = path
+        .strip_prefix(script.as_str())
+        .unwrap_or(path)
+        .to_string();
     let mut env = vec![
         ("GATEWAY_INTERFACE".into(), "CGI/1.1".into()),
         (
@@ -132,6 +142,7 @@ pub fn cgi_env(parts: &http::request::Parts, conn: Option<ConnInfo>) -> Vec<(Str
 pub async fn handle<B>(
     pre: &InstancePre<CgiState>,
     mut wasi: WasiCtxBuilder,
+    max_memory: usize,
     req: hyper::Request<B>,
     body_limit: u64,
     deadline: Instant,
@@ -152,9 +163,12 @@ where
         pre.module().engine(),
         CgiState {
             wasi: wasi.build_p1(),
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(max_memory)
+                .build(),
         },
     );
-    call::yield_at_every_tick(&mut store);
+    call::prepare_store(&mut store);
     let (body_failed_tx, body_failed) = tokio::sync::oneshot::channel();
     tokio::spawn(pump_body(body, body_limit, stdin_host, body_failed_tx));
 

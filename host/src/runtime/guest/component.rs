@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use wasmtime::Engine;
 use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -29,6 +29,7 @@ pub struct GuestState {
     /// The guest's stdout and stderr, to label a reused instance's output
     /// with the request it serves.
     logs: Vec<GuestLog>,
+    limits: StoreLimits,
 }
 
 impl GuestState {
@@ -49,7 +50,14 @@ impl GuestState {
             },
             config,
             keyvalue: caps.keyvalue.clone(),
+            limits: StoreLimits::default(),
         }
+    }
+
+    /// Memory may grow to `bytes` and no further (call::limit_store).
+    pub fn with_memory(mut self, bytes: usize) -> Self {
+        self.limits = StoreLimitsBuilder::new().memory_size(bytes).build();
+        self
     }
 
     /// A reused instance's output is `request_id`'s from now on.
@@ -57,6 +65,12 @@ impl GuestState {
         for log in &self.logs {
             log.serve(request_id.clone());
         }
+    }
+}
+
+impl super::call::Limited for GuestState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
     }
 }
 

@@ -55,6 +55,9 @@ pub struct InstancePolicy {
     /// Requests one reused 0.3 instance serves at once.
     pub concurrency: u32,
     pub request_timeout: Duration,
+    /// Linear memory one instance may grow to (a manifest's handler may
+    /// have less than the engine's --max-memory).
+    pub max_memory: u64,
 }
 
 /// Where a version's requests get their instance.
@@ -111,6 +114,7 @@ pub struct Handler {
     guest: Guest,
     strategy: Strategy,
     caps: Arc<Capabilities>,
+    max_memory: usize,
     /// wasi:config values, read when this version was loaded.
     config: Arc<wasmtime_wasi_config::WasiConfigVariables>,
     /// Short content hash of the handler file.
@@ -132,67 +136,70 @@ impl Handler {
         // Machine code is about to be mapped and run: it must be what the
         // compile child wrote.
         cache::verify_artifact(path, Some(&version.digest))?;
-        let (guest, strategy) =
-            match Engine::detect_precompiled_file(path).map_err(anyhow::Error::from)? {
-                Some(Precompiled::Component) => {
-                    let load = |c| -> Result<Component> {
-                        let engine = engines.get(c)?;
-                        // SAFETY: the file was written by our own compile child
-                        // through an atomic rename into the cache, its digest was
-                        // checked above, and it is named by the hash of its source
-                        // and of both engines' settings, so it is a wasmtime
-                        // artifact for one of them; the other refuses it by its
-                        // header (the compile child tried the plain engine first).
-                        Ok(unsafe { Component::deserialize_file(engine, path) }?)
-                    };
-                    let c = load(Concurrency::Off)
-                        .or_else(|_| load(Concurrency::On))
-                        .with_context(|| format!("cannot load artifact `{name}`"))?;
-                    match component::pre_instantiate(&c)? {
-                        HttpPre::P2(pre) => {
-                            let strategy = policy.strategy(Abi::P2);
-                            (Guest::P2(pre, one_at_a_time(strategy)), strategy)
-                        }
-                        HttpPre::P3(pre) => {
-                            let strategy = policy.strategy(Abi::P3);
-                            let guest = match strategy {
-                                Strategy::Concurrent {
+        let (guest, strategy) = match Engine::detect_precompiled_file(path)
+            .map_err(anyhow::Error::from)?
+        {
+            Some(Precompiled::Component) => {
+                let load = |c| -> Result<Component> {
+                    let engine = engines.get(c)?;
+                    // SAFETY: the file was written by our own compile child
+                    // through an atomic rename into the cache, its digest was
+                    // checked above, and it is named by the hash of its source
+                    // and of both engines' settings, so it is a wasmtime
+                    // artifact for one of them; the other refuses it by its
+                    // header (the compile child tried the plain engine first).
+                    Ok(unsafe { Component::deserialize_file(engine, path) }?)
+                };
+                let c = load(Concurrency::Off)
+                    .or_else(|_| load(Concurrency::On))
+                    .with_context(|| format!("cannot load artifact `{name}`"))?;
+                match component::pre_instantiate(&c)? {
+                    HttpPre::P2(pre) => {
+                        let strategy = policy.strategy(Abi::P2);
+                        (Guest::P2(pre, one_at_a_time(strategy)), strategy)
+                    }
+                    HttpPre::P3(pre) => {
+                        let strategy = policy.strategy(Abi::P3);
+                        let guest = match strategy {
+                            Strategy::Concurrent {
+                                lifetime,
+                                concurrency,
+                            } => {
+                                let (caps, config) = (caps.clone(), config.clone());
+                                let memory = policy.max_memory as usize;
+                                let make = move || state(&caps, &config, memory, &"reused".into());
+                                Guest::P3Concurrent(p3::Shared::new(
+                                    pre,
+                                    Arc::new(make),
                                     lifetime,
                                     concurrency,
-                                } => {
-                                    let (caps, config) = (caps.clone(), config.clone());
-                                    let make = move || state(&caps, &config, &"reused".into());
-                                    Guest::P3Concurrent(p3::Shared::new(
-                                        pre,
-                                        Arc::new(make),
-                                        lifetime,
-                                        concurrency,
-                                        policy.request_timeout,
-                                    ))
-                                }
-                                _ => Guest::P3(pre, one_at_a_time(strategy)),
-                            };
-                            (guest, strategy)
-                        }
+                                    policy.request_timeout,
+                                ))
+                            }
+                            _ => Guest::P3(pre, one_at_a_time(strategy)),
+                        };
+                        (guest, strategy)
                     }
                 }
-                Some(Precompiled::Module) => {
-                    let engine = engines.get(Concurrency::Off)?;
-                    // SAFETY: as above; the artifact is ours and for this engine.
-                    let m = unsafe { Module::deserialize_file(engine, path) }
-                        .map_err(anyhow::Error::from)
-                        .with_context(|| format!("cannot load artifact `{name}`"))?;
-                    (
-                        Guest::Cgi(cgi::pre_instantiate(engine, &m)?),
-                        policy.strategy(Abi::Cgi),
-                    )
-                }
-                None => bail!("`{name}` is not a compiled wcluster artifact"),
-            };
+            }
+            Some(Precompiled::Module) => {
+                let engine = engines.get(Concurrency::Off)?;
+                // SAFETY: as above; the artifact is ours and for this engine.
+                let m = unsafe { Module::deserialize_file(engine, path) }
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("cannot load artifact `{name}`"))?;
+                (
+                    Guest::Cgi(cgi::pre_instantiate(engine, &m)?),
+                    policy.strategy(Abi::Cgi),
+                )
+            }
+            None => bail!("`{name}` is not a compiled wcluster artifact"),
+        };
         Ok(Self {
             guest,
             strategy,
             caps,
+            max_memory: policy.max_memory as usize,
             config,
             version: version.id.clone(),
         })
@@ -218,7 +225,7 @@ impl Handler {
     {
         // A store's data is built only when an instance is: a reused one
         // keeps the context it was created with.
-        let state = || state(&self.caps, &self.config, &request_id);
+        let state = || state(&self.caps, &self.config, self.max_memory, &request_id);
         match &self.guest {
             Guest::P2(pre, instances) => {
                 p2::handle(
@@ -255,7 +262,8 @@ impl Handler {
             }
             Guest::Cgi(pre) => {
                 let (ctx, _) = wasi_builder(&self.caps, &request_id).map_err(failed)?;
-                cgi::handle(pre, ctx, req, body_limit, deadline, on_done).await
+                let memory = self.max_memory;
+                cgi::handle(pre, ctx, memory, req, body_limit, deadline, on_done).await
             }
         }
     }
@@ -333,10 +341,12 @@ fn failed(e: anyhow::Error) -> GuestError {
 fn state(
     caps: &Capabilities,
     config: &Arc<wasmtime_wasi_config::WasiConfigVariables>,
+    max_memory: usize,
     request_id: &Arc<str>,
 ) -> Result<GuestState, GuestError> {
     let (mut wasi, logs) = wasi_builder(caps, request_id).map_err(failed)?;
-    Ok(GuestState::new((wasi.build(), logs), caps, config.clone()))
+    let state = GuestState::new((wasi.build(), logs), caps, config.clone());
+    Ok(state.with_memory(max_memory))
 }
 
 /// The capabilities every instance gets: its output to the log (returned
@@ -371,6 +381,7 @@ mod tests {
             reuse,
             concurrency,
             request_timeout: Duration::from_secs(30),
+            max_memory: 1 << 30,
         }
     }
 

@@ -267,7 +267,7 @@ impl HandlerState for SharedInstances {
             other => wasmtime::format_err!("{}", other.reason()),
         })?;
         let mut store = Store::new(&self.engine, state);
-        call::yield_at_every_tick(&mut store);
+        call::prepare_store(&mut store);
         let proxy = ProxyPre::P3(self.pre.clone())
             .instantiate_async(&mut store)
             .await?;

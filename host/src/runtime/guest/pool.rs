@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime::{Engine, Store};
 
-use super::call::{GuestError, yield_at_every_tick};
+use super::call::{GuestError, prepare_store};
 use super::component::GuestState;
 
 /// Idle instances kept per worker at most: enough for a busy worker's
@@ -77,7 +77,7 @@ impl<I> Instances<I> {
             }
             None => {
                 let mut store = Store::new(engine, state()?);
-                yield_at_every_tick(&mut store);
+                prepare_store(&mut store);
                 (store, None, self.draw())
             }
         };

@@ -309,7 +309,9 @@ impl store::Host for KvView<'_> {
         // A manifest's handler opens only the buckets it names: any other
         // is wasi:keyvalue's access-denied, never another handler's data.
         if let Some(allowed) = &self.kv.grant.buckets
-            && !allowed.iter().any(|b| bucket_name(b).is_ok_and(|b| b == name))
+            && !allowed
+                .iter()
+                .any(|b| bucket_name(b).is_ok_and(|b| b == name))
         {
             self.kv.log(|| {
                 format!("a handler opened key-value bucket `{name}`, which its manifest entry does not name (key_value_stores)")
