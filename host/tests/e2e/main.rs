@@ -15,6 +15,7 @@ mod harness;
 mod hostile;
 mod keyvalue;
 mod lifecycle;
+mod manifest;
 mod outbound;
 mod overload;
 mod reuse;
