@@ -167,6 +167,18 @@ fn text(status: StatusCode, body: String) -> Response {
         .expect("static parts are valid")
 }
 
+/// The path below where a wcluster manifest mounted this handler: `/users/1`
+/// for `GET /api/users/1` under `route = "/api/..."` (wcluster's
+/// `x-wcluster-path-info` header). Without a manifest, or on another host,
+/// the whole path.
+pub fn route_path<B>(req: &http::Request<B>) -> &str {
+    req.headers()
+        .get("x-wcluster-path-info")
+        .and_then(|v| v.to_str().ok())
+        .map(|p| if p.is_empty() { "/" } else { p })
+        .unwrap_or_else(|| req.uri().path())
+}
+
 /// The values of `name=value` pairs in a query string, undecoded.
 pub fn query_param<'a, B>(req: &'a http::Request<B>, name: &str) -> Option<&'a str> {
     req.uri()

@@ -1,5 +1,6 @@
-//! A small JSON API with the guest SDK: routes on the path, reads the body,
-//! answers JSON. `cargo build --target wasm32-wasip2 --release -p rust-json`
+//! A small JSON API with the guest SDK: routes on the path (below where a
+//! manifest mounted it: examples/app serves it under `/api/...`), reads the
+//! body, answers JSON. `cargo build --target wasm32-wasip2 --release -p rust-json`
 
 use serde::{Deserialize, Serialize};
 use wcluster_guest::{Request, Response, StatusCode, http};
@@ -30,7 +31,7 @@ fn json(status: StatusCode, value: impl Serialize) -> Response {
 }
 
 fn handle(req: Request) -> Response {
-    match (req.method().as_str(), req.uri().path()) {
+    match (req.method().as_str(), wcluster_guest::route_path(&req)) {
         ("GET", "/") => json(
             StatusCode::OK,
             serde_json::json!({"service": "rust-json", "routes": ["/", "POST /greet"]}),
