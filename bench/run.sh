@@ -16,6 +16,11 @@
 #   wasmtime-serve-p3   `wasmtime serve -Sp3 -Scli` (its defaults: an
 #                       instance serves up to 128 requests, 16 at once)
 #   SERVERS="wcluster-p3 wcluster-p3-fresh wcluster-p3-c16 wasmtime-serve-p3" SCENARIOS="keepalive close" bench/run.sh
+# Application manifests (not run by default): the cost of the routing table,
+#   wcluster-app        hello at `/...` as the only route of a manifest
+#   wcluster-app50      the same hello with 50 other routes (exact, prefix,
+#                       host) to a second handler in the manifest
+#   SERVERS="wcluster wcluster-app wcluster-app50" SCENARIOS="keepalive close" bench/run.sh
 # Scenarios: keep-alive GET, one request per connection (Connection: close,
 # which exercises wcluster's hand-off), POST echo of 64 KiB, and `overload`:
 # keep-alive GET from OVERLOAD_CONNS (1000) connections, far past the
@@ -86,6 +91,21 @@ if tls_wanted; then
     -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
     -keyout "$work/tls-key.pem" -out "$work/tls-cert.pem" 2>/dev/null
 fi
+# The manifests of the -app rows: hello alone, and with 50 other routes.
+app_manifest() { # file extra-routes handler
+  {
+    printf 'spin_manifest_version = 2\n[[trigger.http]]\nroute = "/..."\ncomponent = "hello"\n'
+    for i in $(seq 1 "$2"); do
+      case $((i % 3)) in
+        0) printf '[[trigger.http]]\nroute = "/r%d/..."\ncomponent = "other"\n' "$i" ;;
+        1) printf '[[trigger.http]]\nroute = "/exact/%d"\ncomponent = "other"\n' "$i" ;;
+        2) printf '[[trigger.http]]\nroute = "/h/..."\nhost = "h%d.example"\ncomponent = "other"\n' "$i" ;;
+      esac
+    done
+    printf '[component.hello]\nsource = "%s"\n' "$(realpath "$3")"
+    if [ "$2" -gt 0 ]; then printf '[component.other]\nsource = "%s"\n' "$(realpath "$echo_wasm")"; fi
+  } >"$1"
+}
 printf 'wrk.method = "POST"\nwrk.body = string.rep("x", 65536)\nwrk.headers["Content-Type"] = "application/octet-stream"\n' >"$work/post.lua"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -105,6 +125,12 @@ start_server() { # name port kind(get|post|tls|scraped) -> pid in $server_pid
   [ "$kind" = scraped ] && tls=(--admin "127.0.0.1:$admin_port")
   [ "$kind" = post ] && file=$echo_wasm
   [[ $name == *-p3* ]] && file=$p3_hello
+  if [[ $name == wcluster-app* ]]; then
+    local routes=0
+    [ "$name" = wcluster-app50 ] && routes=50
+    app_manifest "$work/$name.toml" "$routes" "$file"
+    file=$work/$name.toml
+  fi
   if [ "$kind" = tls ]; then
     pair=("$work/tls-cert.pem" "$work/tls-key.pem")
     tls=(--tls-cert "${pair[0]}" --tls-key "${pair[1]}")
@@ -120,6 +146,8 @@ start_server() { # name port kind(get|post|tls|scraped) -> pid in $server_pid
         --cache-dir "$work/cache-baseline" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
     wcluster-baseline-p3-reuse) taskset -c "$SERVER_CPU" "$BASELINE" serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache-baseline" --control "$work/ctl.sock" --no-watch --reuse-instances 128 >"$work/$name.log" 2>&1 & ;;
+    wcluster-app | wcluster-app50) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
+        --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch >"$work/$name.log" 2>&1 & ;;
     wcluster-reuse) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \
         --cache-dir "$work/cache" --control "$work/ctl.sock" --no-watch --reuse-instances 1000 "${tls[@]}" >"$work/$name.log" 2>&1 & ;;
     wcluster-p3) taskset -c "$SERVER_CPU" target/release/wcluster serve "$file" --addr "127.0.0.1:$port" \

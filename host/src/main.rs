@@ -25,9 +25,11 @@ use primary::control::protocol::Request;
 
 /// `wcluster serve`: the flags, under them a manifest's `[server]` table.
 fn serve() -> anyhow::Result<()> {
-    let args = config::server_table::serve_args(std::env::args_os().collect())?;
+    let (args, server) = config::server_table::serve_args(std::env::args_os().collect())?;
     let _log = logging::init(args.log_format);
-    config::Config::from_args(args).and_then(primary::main)
+    let mut config = config::Config::from_args(args)?;
+    config.manifest_server = server;
+    primary::main(config)
 }
 
 fn main() -> ExitCode {

@@ -55,6 +55,9 @@ pub struct Config {
     pub defaults: HandlerSettings,
     /// --max-config-size bounds the manifest too.
     pub max_manifest_size: u64,
+    /// The manifest's `[server]` table as it was at start-up: its settings
+    /// take effect then only.
+    pub manifest_server: Vec<(String, String)>,
     pub addr: SocketAddr,
     pub workers: usize,
     pub max_workers: usize,
@@ -149,6 +152,7 @@ impl Config {
             source,
             defaults,
             max_manifest_size: args.caps.max_config_size.as_u64(),
+            manifest_server: Vec::new(),
             addr: args.addr,
             workers,
             max_workers: args.max_workers,

@@ -11,15 +11,16 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{Cli, Command, ServeArgs};
 
-/// The `serve` arguments, with a manifest's `[server]` settings filled in.
-pub fn serve_args(argv: Vec<OsString>) -> Result<ServeArgs> {
+/// The `serve` arguments, with a manifest's `[server]` settings filled in;
+/// and those settings as read.
+pub fn serve_args(argv: Vec<OsString>) -> Result<(ServeArgs, Vec<(String, String)>)> {
     let (args, given) = parse(&argv)?;
     let is_manifest = args
         .handler
         .as_ref()
         .is_some_and(|h| h.extension().is_some_and(|e| e == "toml"));
     if !is_manifest {
-        return Ok(args);
+        return Ok((args, Vec::new()));
     }
     // The manifest is read once here for its table, and again (with the
     // final defaults) when the application is built.
@@ -31,7 +32,7 @@ pub fn serve_args(argv: Vec<OsString>) -> Result<ServeArgs> {
         .position(|a| a == "serve")
         .expect("parsed as serve");
     merged.extend(argv[1..=serve].iter().cloned());
-    for (flag, value) in server {
+    for (flag, value) in server.iter().cloned() {
         let id = flag.trim_start_matches('-').replace('-', "_");
         if given.contains(&id) {
             continue;
@@ -43,7 +44,7 @@ pub fn serve_args(argv: Vec<OsString>) -> Result<ServeArgs> {
         });
     }
     merged.extend(argv[serve + 1..].iter().cloned());
-    Ok(parse(&merged)?.0)
+    Ok((parse(&merged)?.0, server))
 }
 
 /// The serve arguments and the ids of the flags the command line set.

@@ -165,6 +165,13 @@ fn plan(config: &Config) -> Result<AppPlan> {
         },
         Source::Manifest(path) => {
             let m = manifest::load(path, &config.defaults, config.max_manifest_size)?;
+            if m.server != config.manifest_server {
+                tracing::warn!(
+                    "{}: [server] changed; its settings take effect at the next start \
+                     (routes, handlers and their settings deploy now)",
+                    path.display()
+                );
+            }
             for h in &m.plan.handlers {
                 crate::runtime::capabilities::check(&h.settings.grants)
                     .with_context(|| format!("{}: component `{}`", path.display(), h.name))?;

@@ -55,7 +55,13 @@ impl LoadedApp {
         let mut handlers = Vec::with_capacity(app.handlers.len());
         let mut routes = Vec::new();
         for (i, spec) in app.handlers.iter().enumerate() {
-            let kept = current.and_then(|c| c.handlers.iter().find(|m| m.spec == *spec));
+            // Routes are the table's, not the handler's: a handler whose
+            // version and settings stayed is kept whatever its routes.
+            let kept = current.and_then(|c| {
+                c.handlers.iter().find(|m| {
+                    m.spec.version == spec.version && m.spec.plan.settings == spec.plan.settings
+                })
+            });
             let handler = match kept {
                 Some(m) => m.handler.clone(),
                 None => load_one(engines, spec, smoke)
