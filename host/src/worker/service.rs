@@ -156,13 +156,16 @@ async fn respond<'a>(
     )
 }
 
-/// The host a request names: its Host header, or the authority of an
-/// absolute URI (HTTP/2's :authority).
+/// The host a request is for: the target's, when it names one (an
+/// absolute-form target, HTTP/2's :authority), which an origin server must
+/// prefer over Host (RFC 9112 section 3.2.2); else a non-empty Host header.
 fn request_host<B>(req: &hyper::Request<B>) -> Option<&str> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
+    req.uri().host().or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+    })
 }
 
 /// Tells the guest where it was mounted; the client's own copies of these

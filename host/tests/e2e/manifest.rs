@@ -7,7 +7,9 @@
 //! handler; metrics, the access log and readiness name handlers, and
 //! guests see where they were mounted; a ConfigMap-style `..data` swap
 //! changes the manifest and a handler at once; route conflicts and unknown
-//! components are refused at start naming the line.
+//! components are refused at start naming the line; a file two components
+//! share rolls both; an absolute-form request is routed by its target's
+//! host.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -232,7 +234,6 @@ fn one_handler_rolls_five_times_under_mixed_load_and_the_others_keep_their_versi
         );
         site_now = site_then;
     }
-    let mut served = Vec::new();
     for (url, t) in ["/", "/p3", "/cgi/env"].into_iter().zip(traffic) {
         let bodies = t.bodies.clone();
         let ok = t.finish_clean();
@@ -241,7 +242,6 @@ fn one_handler_rolls_five_times_under_mixed_load_and_the_others_keep_their_versi
             bodies.lock().unwrap().len()
         );
         assert!(ok > 0, "no request to {url} succeeded");
-        served.push(ok);
     }
     assert_eq!(get_ok(&server, "/"), (200, "v2\n".into()));
     assert_eq!(get_ok(&server, "/p3"), (200, P3.into()));
@@ -415,6 +415,12 @@ fn a_manifest_edit_adds_and_removes_routes_and_no_connection_sees_a_mixed_table(
         connections.len()
     );
     assert!(n1 > 0 && n2 > 0, "T1 {n1}, T2 {n2}");
+    assert!(
+        connections
+            .iter()
+            .any(|c| c.contains(&Table::T1) && c.contains(&Table::T2)),
+        "no connection lived through the swap"
+    );
 
     let s = server.status();
     assert_all_workers_on(&s, &version);
@@ -965,4 +971,122 @@ source = "two.wasm"
     let line = line_of(&missing, "missing.wasm");
     assert!(stderr.contains(&format!("app.toml:{line}:")), "{stderr}");
     assert!(stderr.contains("missing.wasm"), "{stderr}");
+}
+
+#[test]
+fn a_handler_file_shared_by_two_components_rolls_both_and_a_bad_one_is_refused() {
+    let g = guests();
+    let text = format!(
+        "{SITE_AND_P3}\n[[trigger.http]]\nroute = \"/alt/...\"\ncomponent = \"alt\"\n\n\
+         [component.alt]\nsource = \"site.wasm\"\n"
+    );
+    let manifest = app(
+        "manifest-shared",
+        &[("site.wasm", &g.v1), ("p3.wasm", &g.p3_hello)],
+        &text,
+    );
+    let site = manifest.with_file_name("site.wasm");
+    let server = Server::start(&manifest, &["--workers", "2"]);
+    let start = server.status();
+    let (v1, p3_v) = (version_of(&start, "site"), version_of(&start, "p3"));
+    assert_eq!(version_of(&start, "alt"), v1, "{start:#}");
+
+    rename_over(&site, &g.v2);
+    let version = server.wait_for_roll(1);
+    let s = server.status();
+    assert_all_workers_on(&s, &version);
+    let v2 = version_of(&s, "site");
+    assert_ne!(v2, v1);
+    assert_eq!(version_of(&s, "alt"), v2, "{s:#}");
+    assert_eq!(version_of(&s, "p3"), p3_v, "{s:#}");
+    assert_eq!(get_ok(&server, "/"), (200, "v2\n".into()));
+    assert_eq!(get_ok(&server, "/alt/x"), (200, "v2\n".into()));
+
+    // A version that traps on its smoke check: rolled back, recorded on
+    // the handlers it was for, and on no other.
+    rename_over(&site, &g.trap);
+    let s = server.wait_for_status(|s| deploy_error(&s["last_deploy"]).is_some());
+    assert_eq!(s["last_deploy"]["outcome"], "rolled_back", "{s:#}");
+    assert_all_workers_on(&s, &version);
+    for name in ["site", "alt"] {
+        let h = handler(&s, name);
+        assert_eq!(h["version"], v2.as_str(), "{s:#}");
+        assert_eq!(h["previous"], v1.as_str(), "{s:#}");
+        assert_eq!(h["last_deploy"]["outcome"], "rolled_back", "{s:#}");
+    }
+    assert!(handler(&s, "p3")["last_deploy"].is_null(), "{s:#}");
+    let error = deploy_error(&s["last_deploy"]).unwrap();
+    assert!(
+        error.contains("`site`") || error.contains("`alt`"),
+        "the error names no handler: {error}"
+    );
+
+    // Not a WebAssembly file at all: refused before any worker sees it.
+    std::fs::write(&site, b"not wasm").unwrap();
+    let s = wait_for_deploy_error(&server, "not a WebAssembly file");
+    assert_eq!(s["last_deploy"]["outcome"], "refused", "{s:#}");
+    assert_all_workers_on(&s, &version);
+    assert_eq!(get_ok(&server, "/alt/y"), (200, "v2\n".into()));
+    assert_eq!(get_ok(&server, "/p3"), (200, P3.into()));
+    assert_eq!(server.rolls().len(), 1, "{:?}", server.rolls());
+}
+
+/// RFC 9112 section 3.2.2: an origin server that receives a request in
+/// absolute form (`GET http://host/path`) must take the host from the
+/// target, not from the Host header; wcluster itself accepts an empty Host
+/// there because "the target must name the host".
+#[test]
+fn an_absolute_form_request_is_routed_by_the_host_its_target_names() {
+    let g = guests();
+    let manifest = app(
+        "manifest-absolute",
+        &[("a.wasm", &g.v1), ("b.wasm", &g.v2)],
+        r#"spin_manifest_version = 2
+
+[[trigger.http]]
+route = "/..."
+component = "a"
+
+[[trigger.http]]
+route = "/..."
+component = "b"
+host = "b.example"
+
+[component.a]
+source = "a.wasm"
+
+[component.b]
+source = "b.wasm"
+"#,
+    );
+    let server = Server::start(&manifest, &["--workers", "1"]);
+    let exchange = |head: &str| {
+        let out = raw_exchange(
+            &server,
+            format!("{head}\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let status = out.split(' ').nth(1).unwrap_or("").to_string();
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    };
+    // The Host header routes an origin-form request.
+    assert_eq!(exchange("GET /x HTTP/1.1\r\nHost: b.example").1, "v2\n");
+    assert_eq!(exchange("GET /x HTTP/1.1\r\nHost: a.example").1, "v1\n");
+    // HTTP/1.0 without Host: the target's host.
+    assert_eq!(exchange("GET http://b.example/x HTTP/1.0").1, "v2\n");
+    // An empty Host is accepted because the target names the host: it
+    // must be that host's handler that answers.
+    let (status, body) = exchange("GET http://b.example/x HTTP/1.1\r\nHost: ");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("200", "v2\n"),
+        "`GET http://b.example/x` with an empty Host reached another host's handler"
+    );
+    // A Host that names another host: the target's host, or refused.
+    let (status, body) = exchange("GET http://b.example/x HTTP/1.1\r\nHost: a.example");
+    assert!(
+        (status == "200" && body == "v2\n") || status == "400",
+        "`GET http://b.example/x` with `Host: a.example` reached a.example's handler: \
+         {status} {body:?}"
+    );
 }
