@@ -170,3 +170,77 @@ impl App {
             .join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::worker::{Reuse, SmokeCheck};
+
+    fn spec(name: &str, version: &str) -> HandlerSpec {
+        HandlerSpec {
+            plan: HandlerPlan {
+                name: name.into(),
+                source: PathBuf::from(format!("/app/{name}.wasm")),
+                routes: vec![Route::catch_all()],
+                settings: HandlerSettings {
+                    grants: Grants::default(),
+                    limits: HandlerLimits {
+                        timeout: Duration::from_secs(30),
+                        max_body: 1024,
+                        max_memory: 1 << 20,
+                        reuse: Reuse::Default,
+                        max_instance_concurrency: 1,
+                        smoke: SmokeCheck {
+                            path: "/".into(),
+                            timeout: Duration::from_secs(10),
+                        },
+                    },
+                },
+            },
+            version: Version {
+                artifact: PathBuf::from(format!("/cache/{version}")),
+                id: version.into(),
+                digest: format!("d-{version}"),
+            },
+        }
+    }
+
+    #[test]
+    fn one_handler_is_named_by_its_version_and_a_manifest_by_all_it_holds() {
+        assert_eq!(App::new(vec![spec("main", "abc")], false).id, "abc");
+        let app = App::new(vec![spec("a", "v1"), spec("b", "v1")], true);
+        assert!(app.id.starts_with("app-"), "{}", app.id);
+        assert_eq!(app, App::new(vec![spec("a", "v1"), spec("b", "v1")], true));
+        // A version, a name or a route changes the id.
+        let other = App::new(vec![spec("a", "v2"), spec("b", "v1")], true);
+        assert_ne!(app.id, other.id);
+        let renamed = App::new(vec![spec("a", "v1"), spec("c", "v1")], true);
+        assert_ne!(app.id, renamed.id);
+        let mut routed = spec("b", "v1");
+        routed.plan.routes[0].path = "/b".into();
+        assert_ne!(app.id, App::new(vec![spec("a", "v1"), routed], true).id);
+    }
+
+    #[test]
+    fn with_handler_replaces_that_handler_alone() {
+        let app = App::new(vec![spec("a", "v1"), spec("b", "v1")], true);
+        let next = app.with_handler(spec("b", "v2"));
+        assert_eq!(next.handler("a"), app.handler("a"));
+        assert_eq!(next.handler("b").unwrap().version.id, "v2");
+        assert_eq!(next.versions(), "a v1, b v2");
+        assert_eq!(next.with_handler(spec("b", "v1")), app);
+    }
+
+    #[test]
+    fn routes_print_as_a_manifest_writes_them() {
+        let r = |host: Option<&str>, path: &str, prefix| Route {
+            host: host.map(str::to_string),
+            path: path.into(),
+            prefix,
+        };
+        assert_eq!(r(None, "/", true).to_string(), "/...");
+        assert_eq!(r(None, "/api", true).to_string(), "/api/...");
+        assert_eq!(r(None, "/health", false).to_string(), "/health");
+        assert_eq!(r(Some("a.example"), "/", true).to_string(), "a.example/...");
+    }
+}

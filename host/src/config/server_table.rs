@@ -69,3 +69,48 @@ fn parse(argv: &[OsString]) -> Result<(ServeArgs, Vec<String>)> {
         _ => anyhow::bail!("not a serve command"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_table_fills_what_the_command_line_left_and_a_flag_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("app.toml");
+        std::fs::write(
+            &manifest,
+            "[server]\nworkers = 3\naddr = \"127.0.0.1:9999\"\nno_watch = true\n\
+             tls_cert = \"c.pem\"\n",
+        )
+        .unwrap();
+        let path = manifest.to_str().unwrap();
+        let (args, server) =
+            serve_args(argv(&["wcluster", "serve", path, "--workers", "2"])).unwrap();
+        assert_eq!(args.workers, Some(2), "the flag wins");
+        assert_eq!(args.addr.to_string(), "127.0.0.1:9999");
+        assert!(args.no_watch);
+        assert_eq!(
+            args.tls_cert,
+            Some(dir.path().join("c.pem")),
+            "relative to the manifest"
+        );
+        assert_eq!(server.len(), 4);
+        // A bad value is the flag's own error.
+        std::fs::write(&manifest, "[server]\nworkers = \"many\"\n").unwrap();
+        let e = serve_args(argv(&["wcluster", "serve", path])).unwrap_err();
+        assert!(format!("{e:#}").contains("many"), "{e:#}");
+    }
+
+    #[test]
+    fn a_handler_file_has_no_table() {
+        let (args, server) =
+            serve_args(argv(&["wcluster", "serve", "h.wasm", "--workers", "2"])).unwrap();
+        assert_eq!(args.workers, Some(2));
+        assert!(server.is_empty());
+    }
+}

@@ -153,3 +153,55 @@ fn javascript_with_reuse_is_refused() {
         "{stderr}"
     );
 }
+
+/// examples/app as shipped (its handler paths pointed at this build's
+/// target directory): each handler at its route, the visit counter in its
+/// one bucket, the API below its mount.
+#[test]
+fn the_example_app_serves_each_handler_at_its_route() {
+    // build-examples builds the three Rust 0.2 handlers, guests() p3-hello.
+    let built = example("rust-hello.wasm");
+    guests();
+    let target = built.parent().unwrap().parent().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let text = std::fs::read_to_string(root.join("examples/app/app.toml")).unwrap();
+    let text = text.replace("../../target/", &format!("{}/", target.display()));
+    let dir = scratch("example-app");
+    let manifest = dir.join("app.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let state = dir.join("state");
+    let server = Server::start(
+        &manifest,
+        &["--workers", "1", "--state-dir", state.to_str().unwrap()],
+    );
+    let client = fresh_client();
+    let (status, body) = get(&client, &server.url("/?name=app")).unwrap();
+    assert_eq!((status, body.as_str()), (200, "Hello, app!\n"));
+    let (status, body) = get(&client, &server.url("/api/")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("rust-json"), "{body}");
+    let greeting = client
+        .post(&server.url("/api/greet"))
+        .send_string(r#"{"name":"app"}"#)
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(greeting.contains("Hello, app!"), "{greeting}");
+    for n in 1..=2 {
+        let (status, body) = get(&client, &server.url("/visits")).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("#{n}")), "{body}");
+    }
+    let (status, body) = get(&client, &server.url("/p3")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("WASI 0.3"), "{body}");
+    let names: Vec<String> = server.status()["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["site", "api", "visits", "p3"]);
+}
