@@ -18,7 +18,12 @@ mod counts;
 #[path = "../../host/src/config/worker.rs"]
 #[allow(dead_code)]
 mod config_worker;
+// The application a worker loads (in Init and Load).
+#[path = "../../host/src/config/app.rs"]
+#[allow(dead_code)]
+mod config_app;
 mod config {
+    pub(crate) use super::config_app as app;
     pub(crate) use super::config_worker as worker;
 }
 

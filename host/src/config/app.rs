@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::worker::{Grants, Reuse, SmokeCheck, Version};
+// `crate::config::worker`, not `super::`: the fuzz target includes this file.
+use crate::config::worker::{Grants, Reuse, SmokeCheck, Version};
 
 /// What one handler may reach and how far a request into it may go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
