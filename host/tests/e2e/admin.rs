@@ -8,22 +8,6 @@ use nix::sys::signal::Signal;
 
 use crate::harness::*;
 
-/// The admin address from the primary's log line.
-fn admin_url(server: &mut Server, path: &str) -> String {
-    let line = server.wait_for_line(Duration::from_secs(10), |l| {
-        l.contains("admin endpoint: http://")
-    });
-    let addr = line
-        .split("admin endpoint: http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    format!("http://{addr}{path}")
-}
-
 fn status_of(url: &str) -> u16 {
     match get(&fresh_client(), url) {
         Ok((code, _)) => code,

@@ -544,6 +544,23 @@ pub const ONE_SLOT: [&str; 6] = [
     "2s",
 ];
 
+/// `path` on the admin endpoint (--admin 127.0.0.1:0), whose address the
+/// primary's log line names.
+pub fn admin_url(server: &mut Server, path: &str) -> String {
+    let line = server.wait_for_line(Duration::from_secs(10), |l| {
+        l.contains("admin endpoint: http://")
+    });
+    let addr = line
+        .split("admin endpoint: http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    format!("http://{addr}{path}")
+}
+
 /// Whether every worker in a `status` is ready.
 pub fn all_ready(status: &Value) -> bool {
     status["workers"]

@@ -709,22 +709,6 @@ fn status_reload_and_rollback_act_on_one_handler() {
     assert!(text.contains(&site_v1), "{text}");
 }
 
-/// The admin address from the primary's log line.
-fn admin_url(server: &mut Server, path: &str) -> String {
-    let line = server.wait_for_line(Duration::from_secs(10), |l| {
-        l.contains("admin endpoint: http://")
-    });
-    let addr = line
-        .split("admin endpoint: http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    format!("http://{addr}{path}")
-}
-
 #[test]
 fn metrics_access_log_and_readiness_name_every_handler() {
     let g = guests();
