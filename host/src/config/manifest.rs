@@ -45,6 +45,24 @@ pub fn load(path: &Path, defaults: &HandlerSettings, max_size: u64) -> Result<Ma
     Ok(parsed.manifest)
 }
 
+/// The handler files the manifest at `path` names, by component, whether
+/// or not they exist yet: what the primary watches besides the live ones.
+pub fn sources(
+    path: &Path,
+    defaults: &HandlerSettings,
+    max_size: u64,
+) -> Result<Vec<(String, PathBuf)>> {
+    let text = read(path, max_size)?;
+    let parsed = parse_with(&text, path, manifest_dir(path), defaults, &process_env)?;
+    Ok(parsed
+        .manifest
+        .plan
+        .handlers
+        .into_iter()
+        .map(|h| (h.name, h.source))
+        .collect())
+}
+
 /// Only `[server]`'s flags from the manifest at `path` (the whole file is
 /// still checked for syntax): the flags decide the defaults [`load`] needs
 /// (`max_memory` among them), so they are read first.
@@ -721,6 +739,12 @@ fn grant(
     for host in &raw.allowed_outbound_hosts {
         let pattern = expand(host.get_ref(), variables)
             .map_err(|why| at.err("allowed_outbound_hosts", host.span(), why))?;
+        // Checked here, where its line is known, not only when the
+        // primary builds the handler's capabilities.
+        crate::runtime::capabilities::outbound::policy::AllowList::parse(std::slice::from_ref(
+            &pattern,
+        ))
+        .map_err(|why| at.err("allowed_outbound_hosts", host.span(), format!("{why:#}")))?;
         grants.outbound.allow.push(pattern);
     }
     grants.keyvalue.buckets = Some(buckets(at, &raw.key_value_stores)?);

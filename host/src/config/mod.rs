@@ -163,8 +163,6 @@ impl Config {
                 max_concurrent: l.max_concurrent,
             },
             limits: RequestLimits {
-                timeout: l.request_timeout,
-                max_body: l.max_body.as_u64(),
                 header_timeout: l.header_timeout,
                 idle_timeout: l.idle_timeout,
                 send_timeout: l.send_timeout,

@@ -15,11 +15,10 @@ pub struct EngineSettings {
     pub max_concurrent: u32,
 }
 
+/// What bounds connections and the worker's turns; a request's deadline
+/// and body size are its handler's (`HandlerLimits`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestLimits {
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    pub max_body: u64,
     /// Also bounds a new connection's first bytes (its HTTP/2 preface).
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,

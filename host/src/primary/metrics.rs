@@ -94,6 +94,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
         total.add(w);
     }
     requests(&mut f, &total);
+    handlers(&mut f, &total, s);
     primary(&mut f, s);
     workers(&mut f, s);
     processes(&mut f, s);
@@ -327,7 +328,6 @@ fn requests(f: &mut Families, t: &WorkerCounts) {
         .iter()
         .map(|r| (r.as_str(), t.rejected.get(r)));
     labelled(f, counts::REJECTED, Rejection::LABEL, rejected);
-    handlers(f, t);
     for (m, value) in Plain::METRICS.iter().zip(t.plain.values()) {
         let kind = match m.kind {
             Kind::Counter => MetricType::COUNTER,
@@ -338,9 +338,11 @@ fn requests(f: &mut Families, t: &WorkerCounts) {
 }
 
 /// Each handler's requests and failures: the `handler` label's values are
-/// the manifest's names, never anything a request chose.
-fn handlers(f: &mut Families, t: &WorkerCounts) {
-    for (name, c) in &t.handlers {
+/// the live manifest's names, never anything a request chose (workers keep
+/// the counts of handlers a deploy removed; they are not shown).
+fn handlers(f: &mut Families, t: &WorkerCounts, s: &MetricsSnapshot) {
+    let live = |name: &str| s.status.handlers.iter().any(|h| h.name == name);
+    for (name, c) in t.handlers.iter().filter(|(name, _)| live(name)) {
         let m = counts::HANDLER_REQUESTS;
         for (status, n) in &c.requests {
             let code = status.to_string();

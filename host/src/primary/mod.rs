@@ -44,7 +44,7 @@ use crate::signal;
 use control::protocol::Reply;
 use core::{Announcement, ConnId, ControlId, Core, Effect, Gone, Input, Settings};
 use processes::Processes;
-use release::{Release, Scope};
+use release::Scope;
 
 /// Quiet time after the last file event before a deploy starts: a copy or
 /// an editor's save is several events.
@@ -89,7 +89,9 @@ async fn run(config: Config) -> Result<()> {
     let _cleanup = RemoveOnDrop(control_path.clone());
     let (watcher, file_events) = if config.watch {
         let (mut w, rx) = watcher::Watcher::new()?;
-        w.set(&release::watched(&config, &first.app))?;
+        if let Some(problem) = w.set(&release::watched(&config, &first.app)).first() {
+            anyhow::bail!("{problem}");
+        }
         (Some(w), rx)
     } else {
         (None, mpsc::unbounded_channel().1)
@@ -113,6 +115,7 @@ async fn run(config: Config) -> Result<()> {
         drain_delay: config.drain_delay,
         debounce: DEBOUNCE,
     };
+    let first_version = first.version.clone();
     let (core, effects) = Core::new(settings, first, Instant::now());
     let mut shell = Shell {
         core,
@@ -127,6 +130,7 @@ async fn run(config: Config) -> Result<()> {
         procs: Processes::new(init, config.log_format, inputs_tx.clone()),
         inputs_tx,
         watcher,
+        followed: first_version,
         health: health_tx,
         exit: None,
     };
@@ -149,6 +153,8 @@ struct Shell {
     procs: Processes,
     inputs_tx: mpsc::UnboundedSender<Input>,
     watcher: Option<watcher::Watcher>,
+    /// The live version whose files are watched.
+    followed: String,
     /// (ready, healthy), for the admin endpoint's probes.
     health: watch::Sender<(bool, bool)>,
     exit: Option<Result<(), core::StartFailure>>,
@@ -212,11 +218,13 @@ impl Shell {
         if let Input::WorkerGone(worker, Gone::Exited(_)) = &input {
             self.procs.reaped(*worker);
         }
-        if let Input::Compiled { result: Ok(r), .. } = &input {
-            self.follow(r);
-        }
+        // A compile read the manifest on disk again: it may name new files.
+        let compiled = matches!(input, Input::Compiled { .. });
         let effects = self.core.handle(Instant::now(), input);
         self.perform_all(effects);
+        if compiled || self.core.live().version != self.followed {
+            self.follow();
+        }
         let now = (self.core.ready(), self.core.healthy());
         self.health
             .send_if_modified(|h| std::mem::replace(h, now) != now);
@@ -280,14 +288,16 @@ impl Shell {
         None
     }
 
-    /// Watches the files `release` names from now on: a new manifest may
-    /// name other handler files (whether or not it goes live, it is what
-    /// is on disk).
-    fn follow(&mut self, release: &Release) {
-        if let Some(w) = &mut self.watcher
-            && let Err(e) = w.set(&release::watched(&self.config, &release.app))
-        {
-            tracing::warn!("cannot watch the files of {}: {e:#}", release.version);
+    /// Watches the files of the live release, and those the manifest on
+    /// disk names, from now on.
+    fn follow(&mut self) {
+        let live = self.core.live();
+        self.followed = live.version.clone();
+        let files = release::watched(&self.config, &live.app);
+        if let Some(w) = &mut self.watcher {
+            for problem in w.set(&files) {
+                tracing::warn!("{problem}; changes there are not seen (reload to deploy them)");
+            }
         }
     }
 

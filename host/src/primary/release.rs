@@ -3,6 +3,7 @@
 //! the core itself from the live one (a rollback of one handler).
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -81,19 +82,32 @@ impl Scope {
     }
 }
 
-/// The files whose changes deploy: the manifest (or the one handler file),
-/// and each handler of `app`, with what a change to each reads again.
-pub fn watched(config: &Config, app: &App) -> Vec<(std::path::PathBuf, Scope)> {
-    match &config.source {
-        Source::Handler(path) => vec![(path.clone(), Scope::All)],
-        Source::Manifest(path) => std::iter::once((path.clone(), Scope::All))
-            .chain(
-                app.handlers
-                    .iter()
-                    .map(|h| (h.plan.source.clone(), Scope::handler(h.name()))),
-            )
-            .collect(),
+/// The files whose changes deploy, with what a change to each reads
+/// again: the one handler file; or the manifest, each handler file of the
+/// live app (that handler alone), and each file the manifest on disk names
+/// that the live app does not have under that name (a manifest not live
+/// yet, perhaps waiting for that very file: everything).
+pub fn watched(config: &Config, live: &App) -> Vec<(PathBuf, Scope)> {
+    let path = match &config.source {
+        Source::Handler(path) => return vec![(path.clone(), Scope::All)],
+        Source::Manifest(path) => path,
+    };
+    let mut files = vec![(path.clone(), Scope::All)];
+    files.extend(
+        live.handlers
+            .iter()
+            .map(|h| (h.plan.source.clone(), Scope::handler(h.name()))),
+    );
+    // A manifest that cannot be read names nothing more; its own change
+    // reads everything anyway.
+    let on_disk =
+        manifest::sources(path, &config.defaults, config.max_manifest_size).unwrap_or_default();
+    for (name, source) in on_disk {
+        if live.handler(&name).is_none_or(|h| h.plan.source != source) {
+            files.push((source, Scope::All));
+        }
     }
+    files
 }
 
 /// Compiles what `scope` names (the cache answers for files that did not

@@ -71,35 +71,45 @@ impl Watcher {
     }
 
     /// Watches these files from now on (a new manifest may name others).
-    /// Directories no longer needed stay watched: their events match no file.
-    pub fn set(&mut self, files: &[(PathBuf, Scope)]) -> Result<()> {
+    /// Directories no longer needed stay watched: their events match no
+    /// file. A file that does not exist yet is watched for in its
+    /// directory; one whose directory cannot be watched is skipped, with
+    /// the reason (the others are watched all the same).
+    pub fn set(&mut self, files: &[(PathBuf, Scope)]) -> Vec<String> {
         let mut watched = Watched::new();
+        let mut problems = Vec::new();
         for (file, scope) in files {
-            for (dir, name) in places(file)? {
+            let places = match places(file) {
+                Ok(places) => places,
+                Err(e) => {
+                    problems.push(format!("{e:#}"));
+                    continue;
+                }
+            };
+            for (dir, name) in places {
                 if !self.dirs.contains(&dir) {
-                    self.inner
-                        .watch(&dir, RecursiveMode::NonRecursive)
-                        .with_context(|| format!("cannot watch `{}`", dir.display()))?;
+                    if let Err(e) = self.inner.watch(&dir, RecursiveMode::NonRecursive) {
+                        problems.push(format!("cannot watch `{}`: {e}", dir.display()));
+                        continue;
+                    }
                     self.dirs.insert(dir.clone());
                 }
                 watched.push((dir, name, scope.clone()));
             }
         }
         *self.files.lock().unwrap_or_else(|e| e.into_inner()) = watched;
-        Ok(())
+        problems
     }
 }
 
 /// The (directory, name) pairs a file is reached by: as named, and where
-/// its symlinks lead.
+/// its symlinks lead (when it exists).
 fn places(file: &Path) -> Result<BTreeSet<(PathBuf, OsString)>> {
     let named = std::path::absolute(file)
         .with_context(|| format!("cannot resolve `{}`", file.display()))?;
-    let resolved = file
-        .canonicalize()
-        .with_context(|| format!("cannot resolve `{}`", file.display()))?;
+    let resolved = file.canonicalize().ok();
     let mut out = BTreeSet::new();
-    for path in [&named, &resolved] {
+    for path in std::iter::once(&named).chain(resolved.as_ref()) {
         let dir = path.parent().context("the file has no directory")?;
         let name = path.file_name().context("the file has no name")?;
         out.insert((dir.to_path_buf(), name.to_os_string()));

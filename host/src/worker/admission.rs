@@ -232,8 +232,6 @@ mod tests {
 
     fn limits(max_concurrent: u32, max_queued: usize, queue_timeout: Duration) -> RequestLimits {
         RequestLimits {
-            timeout: Duration::from_secs(30),
-            max_body: 1,
             header_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             send_timeout: Duration::from_secs(1),

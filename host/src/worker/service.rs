@@ -149,6 +149,11 @@ async fn respond<'a>(
     };
     if app.manifest {
         mount(&mut req, &m);
+    } else {
+        // No mount to tell: nothing a client sent may pass for one.
+        let headers = req.headers_mut();
+        headers.remove(MOUNT);
+        headers.remove(PATH_INFO);
     }
     (
         run(ctx, mounted, req, start, request_id).await,

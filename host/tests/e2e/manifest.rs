@@ -1074,3 +1074,67 @@ source = "b.wasm"
          {status} {body:?}"
     );
 }
+
+/// The files a manifest names are watched whether or not it went live: a
+/// handler file that did not exist yet, or a new file for a handler whose
+/// first version was refused, deploys when it is written.
+#[test]
+fn files_named_by_a_manifest_that_did_not_go_live_are_watched() {
+    let g = guests();
+    let manifest = app(
+        "manifest-watch-pending",
+        &[("site.wasm", &g.v1), ("p3.wasm", &g.p3_hello)],
+        SITE_AND_P3,
+    );
+    let dir = manifest.parent().unwrap().to_path_buf();
+    let server = Server::start(&manifest, &["--workers", "2"]);
+    // `c` names a file that is not there yet: refused, and watched.
+    edit_manifest(
+        &manifest,
+        &format!(
+            "{SITE_AND_P3}\n[[trigger.http]]\nroute = \"/c\"\ncomponent = \"c\"\n\n[component.c]\nsource = \"c.wasm\"\n"
+        ),
+    );
+    wait_for_deploy_error(&server, "c.wasm");
+    assert_eq!(get_ok(&server, "/c"), (200, "v1\n".into()), "the old table");
+    rename_over(&dir.join("c.wasm"), &g.v2);
+    server.wait_for_status(|s| handler_names(s).contains(&"c".to_string()));
+    assert_eq!(get_ok(&server, "/c"), (200, "v2\n".into()));
+    // `site` moves to a new file whose first version traps: refused; the
+    // live site's file is another, yet a fix to the new one deploys.
+    let moved = SITE_AND_P3.replace("site.wasm", "site-next.wasm");
+    let with_c = format!(
+        "{moved}\n[[trigger.http]]\nroute = \"/c\"\ncomponent = \"c\"\n\n[component.c]\nsource = \"c.wasm\"\n"
+    );
+    std::fs::copy(&g.trap, dir.join("site-next.wasm")).unwrap();
+    let refused = server.rolls().len();
+    edit_manifest(&manifest, &with_c);
+    wait_for_deploy_error(&server, "smoke check");
+    assert_eq!(server.rolls().len(), refused, "nothing rolled");
+    assert_eq!(get_ok(&server, "/"), (200, "v1\n".into()));
+    rename_over(&dir.join("site-next.wasm"), &g.v2);
+    server.wait_for_status(|s| {
+        handler(s, "site")["source"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("site-next.wasm"))
+    });
+    assert_eq!(get_ok(&server, "/"), (200, "v2\n".into()));
+}
+
+/// Without a manifest there is no mount, and nothing a client sends may
+/// pass for one (the guest SDK's `route_path` trusts the header).
+#[test]
+fn the_one_handler_mode_drops_client_sent_mount_headers() {
+    let server = Server::start(&guests().cgi, &["--workers", "1"]);
+    let body = fresh_client()
+        .get(&server.url("/env"))
+        .set("X-Wcluster-Mount", "/evil")
+        .set("X-Wcluster-Path-Info", "/admin")
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(!body.contains("HTTP_X_WCLUSTER"), "{body}");
+    assert_eq!(cgi_var(&body, "SCRIPT_NAME"), Some(""), "{body}");
+    assert_eq!(cgi_var(&body, "PATH_INFO"), Some("/env"), "{body}");
+}

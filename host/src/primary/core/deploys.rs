@@ -153,7 +153,9 @@ impl Deploys {
     }
 
     /// Records, for each handler `to` changes against `from`, the outcome;
-    /// when `to` went live, also the version it replaced.
+    /// when `to` went live, also the version it replaced. A handler new to
+    /// the app has nothing to go back to, even if an earlier one of its
+    /// name had; handlers no longer in the app are forgotten.
     fn record_handlers(
         &mut self,
         from: &Release,
@@ -166,12 +168,28 @@ impl Deploys {
             if before.is_some_and(|b| b == h) {
                 continue;
             }
-            self.handler_last
-                .insert(h.name().to_string(), outcome.clone());
-            if live && let Some(b) = before.filter(|b| b.version != h.version) {
-                self.handler_previous
-                    .insert(h.name().to_string(), b.version.clone());
+            let name = h.name().to_string();
+            self.handler_last.insert(name.clone(), outcome.clone());
+            if !live {
+                continue;
             }
+            match before {
+                None => {
+                    self.handler_previous.remove(&name);
+                }
+                // A rebuilt artifact of the same file is no version to go back to.
+                Some(b) if b.version.id != h.version.id => {
+                    self.handler_previous.insert(name, b.version.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        if live {
+            let app = &to.app;
+            self.handler_previous
+                .retain(|name, _| app.handler(name).is_some());
+            self.handler_last
+                .retain(|name, _| app.handler(name).is_some());
         }
     }
 

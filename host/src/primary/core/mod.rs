@@ -373,6 +373,11 @@ impl Core {
                 && self.slots.iter().any(|s| s.state == WorkerState::Ready))
     }
 
+    /// The live release: what every worker runs once rolls end.
+    pub fn live(&self) -> &Release {
+        self.deploys.current()
+    }
+
     #[cfg(test)]
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done

@@ -1114,3 +1114,46 @@ fn one_handler_reloads_and_rolls_back_alone_and_unknown_names_are_refused() {
     assert_eq!(sim.core.deploys.current().version, first.version);
     assert!(sim.core.ready());
 }
+
+#[test]
+fn a_handler_removed_and_added_again_has_no_version_to_roll_back_to() {
+    let now = Instant::now();
+    let first = two("a1", "s1");
+    let (core, log) = Core::new(settings(1), first.clone(), now);
+    let mut sim = Sim { core, now, log };
+    let w = sim.worker(0);
+    sim.ready(w, &first.version);
+    let mut deploy = |sim: &mut Sim, release: Release| {
+        let job = sim.reload(1);
+        sim.input(Input::Compiled {
+            job,
+            result: Ok(release.clone()),
+        });
+        sim.loaded(w, &release.version);
+        assert_eq!(sim.core.live().version, release.version);
+    };
+    deploy(&mut sim, two("a1", "s2"));
+    let site = |sim: &Sim| sim.core.status(sim.now).handlers[1].clone();
+    assert_eq!(site(&sim).previous.as_deref(), Some("s1"));
+    // `site` leaves the app, then comes back: its old versions are not its.
+    let api_alone = Release::new(
+        App::new(vec![handler("api", "a1", "digest-of-api-a1")], true),
+        false,
+        Duration::ZERO,
+    );
+    deploy(&mut sim, api_alone);
+    deploy(&mut sim, two("a1", "s3"));
+    assert_eq!(site(&sim).previous, None);
+    let fx = sim.input(Input::Control(
+        2,
+        Request::Rollback {
+            handler: Some("site".into()),
+        },
+    ));
+    assert_eq!(
+        reply(&fx, 2),
+        Some(Reply::Refused {
+            reason: Refusal::NoPreviousVersion
+        })
+    );
+}
