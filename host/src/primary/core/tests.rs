@@ -1123,7 +1123,7 @@ fn a_handler_removed_and_added_again_has_no_version_to_roll_back_to() {
     let mut sim = Sim { core, now, log };
     let w = sim.worker(0);
     sim.ready(w, &first.version);
-    let mut deploy = |sim: &mut Sim, release: Release| {
+    let deploy = |sim: &mut Sim, release: Release| {
         let job = sim.reload(1);
         sim.input(Input::Compiled {
             job,
