@@ -1138,3 +1138,73 @@ fn the_one_handler_mode_drops_client_sent_mount_headers() {
     assert_eq!(cgi_var(&body, "SCRIPT_NAME"), Some(""), "{body}");
     assert_eq!(cgi_var(&body, "PATH_INFO"), Some("/env"), "{body}");
 }
+
+/// Each handler has its own limits: one file under two hosts, one with a
+/// short deadline and a small body limit; and a memory limit below what a
+/// handler needs refuses it.
+#[test]
+fn each_handler_has_its_own_deadline_body_and_memory_limits() {
+    let g = guests();
+    let manifest = app(
+        "manifest-limits",
+        &[("kit.wasm", &g.testkit)],
+        r#"spin_manifest_version = 2
+
+[[trigger.http]]
+route = "/slow"
+component = "patient"
+
+[[trigger.http]]
+route = "/slow"
+component = "hasty"
+host = "hasty.example"
+
+[component.patient]
+source = "kit.wasm"
+
+[component.hasty]
+source = "kit.wasm"
+request_timeout = "300ms"
+max_body = "16"
+"#,
+    );
+    let server = Server::start(&manifest, &["--workers", "1"]);
+    let agent = fresh_client();
+    let send = |host: &str, body: &[u8]| match agent
+        .post(&server.url("/slow?ms=800"))
+        .set("Host", host)
+        .send_bytes(body)
+    {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(send("other.example", b""), 200, "the default deadline");
+    assert_eq!(send("hasty.example", b""), 504, "its own 300ms");
+    assert_eq!(send("other.example", &[b'x'; 100]), 200);
+    assert_eq!(send("hasty.example", &[b'x'; 100]), 413, "its own 16 bytes");
+    // A 0.3 handler is smoke-checked before it serves; 64 KiB is one page,
+    // less than its initial memory, so it is refused and names the limit.
+    let dir = scratch("manifest-memory");
+    std::fs::copy(&g.p3_hello, dir.join("p3.wasm")).unwrap();
+    let path = dir.join("app.toml");
+    std::fs::write(
+        &path,
+        "[[trigger.http]]\nroute = \"/...\"\ncomponent = \"p3\"\n\n[component.p3]\nsource = \"p3.wasm\"\nmax_memory = \"64KiB\"\n",
+    )
+    .unwrap();
+    let cache = cache_dir();
+    let (ok, stderr) = run_to_exit(&[
+        "serve",
+        path.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("handler `p3`") && stderr.contains("memory"),
+        "{stderr}"
+    );
+}
