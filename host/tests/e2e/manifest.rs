@@ -1204,7 +1204,7 @@ max_body = "16"
     ]);
     assert!(!ok, "{stderr}");
     assert!(
-        stderr.contains("handler `p3`") && stderr.contains("memory"),
+        stderr.contains("handler `p3`") && stderr.contains("exceeds memory limits"),
         "{stderr}"
     );
 }
