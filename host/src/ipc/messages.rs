@@ -19,9 +19,11 @@ pub enum ToWorker {
     /// (connections that arrive together in one).
     Conn { id: u64 },
     /// Load this version of the application (the handlers the worker does
-    /// not have yet), smoke-check them and swap the whole app in; answer
-    /// `Loaded` or `LoadFailed`. Requests in flight finish on the old one.
-    Load(Box<App>),
+    /// not have yet), smoke-check them (with `smoke_all`, the handlers it
+    /// keeps too: a canary checking a changed manifest as a whole) and swap
+    /// the whole app in; answer `Loaded` or `LoadFailed`. Requests in
+    /// flight finish on the old one.
+    Load { app: Box<App>, smoke_all: bool },
     /// Stop taking connections, finish what is in flight, exit.
     Drain,
     /// Answer with `Stats` now (for `wcluster status`).

@@ -32,11 +32,14 @@ pub struct LoadedApp {
     handlers: Vec<Mounted>,
 }
 
-/// When a handler that is new to this worker must pass its smoke check.
+/// Which handlers must pass their smoke check before the app is swapped in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Smoke {
-    /// A deploy: every new handler.
-    Always,
+    /// A deploy: every handler new to this worker.
+    New,
+    /// The canary of a changed manifest, checked as a whole: every handler,
+    /// those it keeps too.
+    All,
     /// The worker's first app, which the compile child checked: only
     /// handlers that reuse instances (they must serve a second request in
     /// one instance before they take traffic).
@@ -63,6 +66,14 @@ impl LoadedApp {
                 })
             });
             let handler = match kept {
+                Some(m) if smoke == Smoke::All => {
+                    let limits = &spec.plan.settings.limits;
+                    m.handler
+                        .smoke_check(&limits.smoke.path, limits.smoke.timeout)
+                        .await
+                        .with_context(|| format!("handler `{}`", spec.name()))?;
+                    m.handler.clone()
+                }
                 Some(m) => m.handler.clone(),
                 None => load_one(engines, spec, smoke)
                     .await
@@ -111,7 +122,7 @@ async fn load_one(
     let handler =
         tokio::task::spawn_blocking(move || Handler::load(&engines, &version, caps, policy))
             .await??;
-    if smoke == Smoke::Always || handler.strategy() != Strategy::Fresh {
+    if smoke != Smoke::WhenReused || handler.strategy() != Strategy::Fresh {
         handler
             .smoke_check(&limits.smoke.path, limits.smoke.timeout)
             .await?;

@@ -16,13 +16,17 @@ pub struct Deployer {
 }
 
 impl Deployer {
-    pub fn spawn_load(self: &Arc<Self>, ctx: Arc<WorkerCtx>, link: Arc<Link>, app: App) {
+    pub fn spawn_load(
+        self: &Arc<Self>,
+        ctx: Arc<WorkerCtx>,
+        link: Arc<Link>,
+        app: App,
+        smoke: Smoke,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             let current = ctx.app();
-            let outcome = match LoadedApp::load(&this.engines, &app, Some(&current), Smoke::Always)
-                .await
-            {
+            let outcome = match LoadedApp::load(&this.engines, &app, Some(&current), smoke).await {
                 Ok(loaded) => {
                     ctx.swap(loaded);
                     tracing::info!(worker = ctx.index, version = %app.id, "now serving version {}", app.id);

@@ -83,8 +83,9 @@ async fn run(fd: OwnedFd) -> Result<()> {
                 connection::serve(&ctx, fd, &graceful, &connections, tls.as_ref());
                 link.received(id).await?;
             }
-            Next::Other(ToWorker::Load(app)) => {
-                deployer.spawn_load(ctx.clone(), link.clone(), *app);
+            Next::Other(ToWorker::Load { app, smoke_all }) => {
+                let smoke = if smoke_all { Smoke::All } else { Smoke::New };
+                deployer.spawn_load(ctx.clone(), link.clone(), *app, smoke);
             }
             Next::Other(ToWorker::Report) => {
                 let (requests, in_flight, counts) = ctx.stats(connections.open());

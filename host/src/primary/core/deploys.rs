@@ -84,6 +84,8 @@ pub(super) struct Roll {
     stalled_until: Option<Instant>,
     /// Set once the roll failed and is putting workers back on `from`.
     reverting: Option<DeployError>,
+    /// The canary smoke-checks every handler, not only the changed ones.
+    whole: bool,
 }
 
 impl Deploys {
@@ -339,12 +341,15 @@ impl Core {
                     "rolling out version {}",
                     target.version
                 );
+                // A manifest read again is checked as a whole: its canary
+                // smoke-checks the handlers it keeps as well.
+                let whole = compiling.scope == Scope::All && target.app.manifest;
                 self.start_roll(
                     now,
                     DeployKind::Deploy,
                     compiling.started,
                     compiling.waiters,
-                    target,
+                    (target, whole),
                 );
             }
         }
@@ -361,7 +366,7 @@ impl Core {
         let Some(target) = self.deploys.previous.clone() else {
             return self.refuse(to, Refusal::NoPreviousVersion);
         };
-        self.start_roll(now, DeployKind::Rollback, now, vec![to], target);
+        self.start_roll(now, DeployKind::Rollback, now, vec![to], (target, false));
     }
 
     /// `wcluster rollback NAME`: that handler's previous version, the rest
@@ -381,7 +386,7 @@ impl Core {
         let Some(target) = target else {
             return self.refuse(to, Refusal::NoPreviousVersion);
         };
-        self.start_roll(now, DeployKind::Rollback, now, vec![to], target);
+        self.start_roll(now, DeployKind::Rollback, now, vec![to], (target, false));
     }
 
     /// The end of a compile made only to rebuild the live artifact.
@@ -419,7 +424,7 @@ impl Core {
             return;
         }
         let current = self.deploys.current.clone();
-        self.start_roll(now, DeployKind::CatchUp, now, Vec::new(), current);
+        self.start_roll(now, DeployKind::CatchUp, now, Vec::new(), (current, false));
     }
 
     fn start_roll(
@@ -428,7 +433,7 @@ impl Core {
         kind: DeployKind,
         started: Instant,
         waiters: Vec<ControlId>,
-        target: Release,
+        (target, whole): (Release, bool),
     ) {
         if kind != DeployKind::CatchUp {
             self.out.push(Effect::Announce(Announcement::RollStarted {
@@ -446,6 +451,7 @@ impl Core {
             awaiting: None,
             stalled_until: None,
             reverting: None,
+            whole,
         });
         self.advance(now);
     }
@@ -614,7 +620,12 @@ impl Core {
             roll.stalled_until = None;
             roll.attempted.insert(worker);
             roll.awaiting = Some((worker, now + self.settings.load_timeout));
-            let msg = ToWorker::Load(Box::new(goal.app.clone()));
+            // The canary: the first worker sent the new version.
+            let canary = roll.reverting.is_none() && roll.switched == 0;
+            let msg = ToWorker::Load {
+                app: Box::new(goal.app.clone()),
+                smoke_all: roll.whole && canary,
+            };
             self.out.push(Effect::Send(worker, msg));
             return;
         }

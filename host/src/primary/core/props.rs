@@ -196,7 +196,7 @@ impl World {
                     assert!(self.closed.insert(conn), "conn {conn} closed twice");
                     self.held_by.remove(&conn);
                 }
-                Effect::Send(worker, ToWorker::Load(app)) => {
+                Effect::Send(worker, ToWorker::Load { app, .. }) => {
                     self.owed.push(Owed::Load(worker, app))
                 }
                 Effect::Send(worker, ToWorker::Drain) => self.owed.push(Owed::Drain(worker)),

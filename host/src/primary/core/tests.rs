@@ -167,7 +167,7 @@ fn compile_job(fx: &[Effect]) -> Option<JobId> {
 /// The `Load` sent in these effects: (worker, version).
 fn load(fx: &[Effect]) -> Option<(WorkerId, String)> {
     fx.iter().find_map(|e| match e {
-        Effect::Send(w, ToWorker::Load(version)) => Some((*w, version.id.clone())),
+        Effect::Send(w, ToWorker::Load { app, .. }) => Some((*w, app.id.clone())),
         _ => None,
     })
 }
@@ -1105,7 +1105,7 @@ fn one_handler_reloads_and_rolls_back_alone_and_unknown_names_are_refused() {
     let target = fx
         .iter()
         .find_map(|e| match e {
-            Effect::Send(_, ToWorker::Load(app)) => Some(app.clone()),
+            Effect::Send(_, ToWorker::Load { app, .. }) => Some(app.clone()),
             _ => None,
         })
         .expect("a roll starts");
@@ -1156,4 +1156,45 @@ fn a_handler_removed_and_added_again_has_no_version_to_roll_back_to() {
             reason: Refusal::NoPreviousVersion
         })
     );
+}
+
+#[test]
+fn a_manifest_read_again_is_smoke_checked_whole_by_the_canary_alone() {
+    let now = Instant::now();
+    let first = two("a1", "s1");
+    let (core, log) = Core::new(settings(2), first.clone(), now);
+    let mut sim = Sim { core, now, log };
+    for i in 0..2 {
+        let w = sim.worker(i);
+        sim.ready(w, &first.version);
+    }
+    // (worker, smoke_all) of the Load in these effects.
+    let load = |fx: &[Effect]| {
+        fx.iter().find_map(|e| match e {
+            Effect::Send(w, ToWorker::Load { smoke_all, .. }) => Some((*w, *smoke_all)),
+            _ => None,
+        })
+    };
+    let deploy = |sim: &mut Sim, scope: Scope, next: Release| -> Vec<bool> {
+        sim.input(Input::FileChanged(scope));
+        let fx = sim.advance(Duration::from_millis(300));
+        let job = compile_job(&fx).expect("a compile starts");
+        let mut fx = sim.input(Input::Compiled {
+            job,
+            result: Ok(next.clone()),
+        });
+        let mut smoke = Vec::new();
+        while let Some((w, all)) = load(&fx) {
+            smoke.push(all);
+            fx = sim.loaded(w, &next.version);
+        }
+        assert_eq!(sim.core.live().version, next.version);
+        smoke
+    };
+    // The manifest changed: the canary checks every handler, the next worker
+    // only what it loads.
+    assert_eq!(deploy(&mut sim, Scope::All, two("a1", "s2")), [true, false]);
+    // One handler's file changed: nobody checks the others.
+    let smoke = deploy(&mut sim, Scope::handler("site"), two("a1", "s3"));
+    assert_eq!(smoke, [false, false]);
 }
