@@ -11,6 +11,18 @@
 use http::uri::Authority;
 use http::{Request, StatusCode, Version, header};
 
+/// The host a request is for, to route it: the target's, when it names one
+/// (an absolute-form target, HTTP/2's :authority), which an origin server
+/// must prefer over Host (RFC 9112 section 3.2.2); else a non-empty Host.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().host().or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+    })
+}
+
 /// Why `req` must be refused before a guest sees it, if it must.
 pub fn host_problem<B>(req: &Request<B>) -> Option<(StatusCode, &'static str)> {
     let bad = |why| Some((StatusCode::BAD_REQUEST, why));

@@ -20,13 +20,10 @@ use crate::config::RequestLimits;
 use crate::config::routes::Match;
 use crate::ipc::WorkerCounts;
 use crate::ipc::counts::FailureKind;
-use crate::runtime::guest::{BodyError, GuestError, ScriptName};
+use crate::runtime::guest::{BodyError, GuestError, MOUNT_HEADER, PATH_INFO_HEADER};
 
-/// Where a manifest's handler was mounted (`/api` for `route = "/api/..."`)
-/// and the rest of the path, for components; CGI modules get them as
-/// SCRIPT_NAME and PATH_INFO. Whatever a client sent in them is dropped.
-const MOUNT: header::HeaderName = header::HeaderName::from_static("x-wcluster-mount");
-const PATH_INFO: header::HeaderName = header::HeaderName::from_static("x-wcluster-path-info");
+const MOUNT: header::HeaderName = header::HeaderName::from_static(MOUNT_HEADER);
+const PATH_INFO: header::HeaderName = header::HeaderName::from_static(PATH_INFO_HEADER);
 
 pub struct WorkerCtx {
     pub index: usize,
@@ -138,7 +135,7 @@ async fn respond<'a>(
     if let Some((status, why)) = super::edge::host_problem(&req) {
         return (error(status, format!("{why}\n")), None);
     }
-    let Some((mounted, m)) = app.route(request_host(&req), req.uri().path()) else {
+    let Some((mounted, m)) = app.route(super::edge::request_host(&req), req.uri().path()) else {
         return (
             error(
                 StatusCode::NOT_FOUND,
@@ -147,48 +144,40 @@ async fn respond<'a>(
             None,
         );
     };
-    if app.manifest {
-        mount(&mut req, &m);
-    } else {
-        // No mount to tell: nothing a client sent may pass for one.
-        let headers = req.headers_mut();
-        headers.remove(MOUNT);
-        headers.remove(PATH_INFO);
-    }
+    mount(&mut req, &m, app.manifest);
     (
         run(ctx, mounted, req, start, request_id).await,
         Some(mounted),
     )
 }
 
-/// The host a request is for: the target's, when it names one (an
-/// absolute-form target, HTTP/2's :authority), which an origin server must
-/// prefer over Host (RFC 9112 section 3.2.2); else a non-empty Host header.
-fn request_host<B>(req: &hyper::Request<B>) -> Option<&str> {
-    req.uri().host().or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| !h.is_empty())
-    })
-}
-
-/// Tells the guest where it was mounted; the client's own copies of these
-/// headers never reach it.
-fn mount<B>(req: &mut hyper::Request<B>, m: &Match<'_>) {
-    let path = req.uri().path();
-    let info = m.path_info(path);
-    let values = (HeaderValue::from_str(m.mount), HeaderValue::from_str(info));
-    let script = ScriptName(m.mount.into());
-    let headers = req.headers_mut();
-    headers.remove(MOUNT);
-    headers.remove(PATH_INFO);
-    // Both come from a path hyper accepted, so they are valid values.
-    if let (Ok(mount), Ok(info)) = values {
-        headers.insert(MOUNT, mount);
-        headers.insert(PATH_INFO, info);
+/// Tells a manifest's handler where it was mounted; without a manifest
+/// there is no mount. Either way, what a client sent in these headers never
+/// reaches the guest (`insert` replaces every value it sent).
+fn mount<B>(req: &mut hyper::Request<B>, m: &Match<'_>, manifest: bool) {
+    if !manifest {
+        let headers = req.headers_mut();
+        headers.remove(MOUNT);
+        headers.remove(PATH_INFO);
+        return;
     }
-    req.extensions_mut().insert(script);
+    let path = req.uri().path();
+    // Both come from a path hyper accepted, so they are valid values.
+    let values = (
+        HeaderValue::from_str(m.mount),
+        HeaderValue::from_str(m.path_info(path)),
+    );
+    let headers = req.headers_mut();
+    match values {
+        (Ok(mount), Ok(info)) => {
+            headers.insert(MOUNT, mount);
+            headers.insert(PATH_INFO, info);
+        }
+        _ => {
+            headers.remove(MOUNT);
+            headers.remove(PATH_INFO);
+        }
+    }
 }
 
 async fn run(

@@ -71,21 +71,31 @@ struct Sim {
 impl Sim {
     /// A core whose `workers` workers have all started on v1.
     fn running(workers: usize) -> Sim {
-        let mut sim = Sim::starting(workers);
+        Sim::running_on(workers, artifact("v1"))
+    }
+
+    /// A core whose `workers` workers have all started on `first`.
+    fn running_on(workers: usize, first: Release) -> Sim {
+        let version = first.version.clone();
+        let mut sim = Sim::starting_on(workers, first);
         for w in sim.spawns() {
             sim.input(Input::Spawned {
                 worker: w,
                 pid: 1000 + w.generation as u32,
             });
-            sim.ready(w, "v1");
+            sim.ready(w, &version);
         }
         assert!(sim.core.accepting());
         sim
     }
 
     fn starting(workers: usize) -> Sim {
+        Sim::starting_on(workers, artifact("v1"))
+    }
+
+    fn starting_on(workers: usize, first: Release) -> Sim {
         let now = Instant::now();
-        let (core, log) = Core::new(settings(workers), artifact("v1"), now);
+        let (core, log) = Core::new(settings(workers), first, now);
         Sim { core, now, log }
     }
 
@@ -1031,12 +1041,9 @@ fn two(api: &str, site: &str) -> Release {
 
 #[test]
 fn one_handler_reloads_and_rolls_back_alone_and_unknown_names_are_refused() {
-    let now = Instant::now();
     let first = two("a1", "s1");
-    let (core, log) = Core::new(settings(1), first.clone(), now);
-    let mut sim = Sim { core, now, log };
+    let mut sim = Sim::running_on(1, first.clone());
     let w = sim.worker(0);
-    sim.ready(w, &first.version);
     // A file event of one handler compiles that handler alone, on the live app.
     sim.input(Input::FileChanged(Scope::handler("site")));
     let fx = sim.advance(Duration::from_millis(300));
@@ -1117,12 +1124,9 @@ fn one_handler_reloads_and_rolls_back_alone_and_unknown_names_are_refused() {
 
 #[test]
 fn a_handler_removed_and_added_again_has_no_version_to_roll_back_to() {
-    let now = Instant::now();
     let first = two("a1", "s1");
-    let (core, log) = Core::new(settings(1), first.clone(), now);
-    let mut sim = Sim { core, now, log };
+    let mut sim = Sim::running_on(1, first.clone());
     let w = sim.worker(0);
-    sim.ready(w, &first.version);
     let deploy = |sim: &mut Sim, release: Release| {
         let job = sim.reload(1);
         sim.input(Input::Compiled {
@@ -1160,14 +1164,7 @@ fn a_handler_removed_and_added_again_has_no_version_to_roll_back_to() {
 
 #[test]
 fn a_manifest_read_again_is_smoke_checked_whole_by_the_canary_alone() {
-    let now = Instant::now();
-    let first = two("a1", "s1");
-    let (core, log) = Core::new(settings(2), first.clone(), now);
-    let mut sim = Sim { core, now, log };
-    for i in 0..2 {
-        let w = sim.worker(i);
-        sim.ready(w, &first.version);
-    }
+    let mut sim = Sim::running_on(2, two("a1", "s1"));
     // (worker, smoke_all) of the Load in these effects.
     let load = |fx: &[Effect]| {
         fx.iter().find_map(|e| match e {

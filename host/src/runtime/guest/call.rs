@@ -78,9 +78,11 @@ pub struct ConnInfo {
 }
 
 /// Where a manifest mounted the handler a request reached (`/api` for
-/// `route = "/api/..."`): CGI's SCRIPT_NAME, the path's rest its PATH_INFO.
-#[derive(Clone, Debug)]
-pub struct ScriptName(pub std::sync::Arc<str>);
+/// `route = "/api/..."`), and the rest of the path: request headers the
+/// worker sets (and drops when a client sent them), which CGI modules get
+/// as SCRIPT_NAME and PATH_INFO too.
+pub const MOUNT_HEADER: &str = "x-wcluster-mount";
+pub const PATH_INFO_HEADER: &str = "x-wcluster-path-info";
 
 /// Whether the request arrived over TLS.
 pub fn is_tls<B>(req: &hyper::Request<B>) -> bool {

@@ -20,7 +20,7 @@ use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::call::{self, BodyError, ConnInfo, GuardedBody, GuestError, RequestBody, ScriptName};
+use super::call::{self, BodyError, ConnInfo, GuardedBody, GuestError, MOUNT_HEADER, RequestBody};
 use super::cgi_head::{head_end, parse_head};
 
 /// The CGI header block may not be larger than this.
@@ -63,9 +63,10 @@ pub fn pre_instantiate(engine: &Engine, module: &Module) -> Result<InstancePre<C
 pub fn cgi_env(parts: &http::request::Parts, conn: Option<ConnInfo>) -> Vec<(String, String)> {
     let path = parts.uri.path();
     let script = parts
-        .extensions
-        .get::<ScriptName>()
-        .map_or("", |s| &s.0)
+        .headers
+        .get(MOUNT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
         .to_string();
     let info = path
         .strip_prefix(script.as_str())
@@ -385,6 +386,27 @@ mod tests {
 
     fn env_of(req: http::Request<()>) -> std::collections::HashMap<String, String> {
         cgi_env(&req.into_parts().0, None).into_iter().collect()
+    }
+
+    #[test]
+    fn a_mounted_handler_gets_its_mount_as_script_name() {
+        let req = |mount: Option<&str>| {
+            let mut b = http::Request::get("/api/users/1").header("host", "x");
+            if let Some(m) = mount {
+                b = b.header(MOUNT_HEADER, m);
+            }
+            env_of(b.body(()).unwrap())
+        };
+        let env = req(Some("/api"));
+        assert_eq!(
+            (env["SCRIPT_NAME"].as_str(), env["PATH_INFO"].as_str()),
+            ("/api", "/users/1")
+        );
+        let env = req(None);
+        assert_eq!(
+            (env["SCRIPT_NAME"].as_str(), env["PATH_INFO"].as_str()),
+            ("", "/api/users/1")
+        );
     }
 
     #[test]

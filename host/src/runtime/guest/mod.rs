@@ -26,7 +26,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 
-pub use call::{BodyError, ConnInfo, GuestError, RequestBody, ScriptName};
+pub use call::{BodyError, ConnInfo, GuestError, MOUNT_HEADER, PATH_INFO_HEADER, RequestBody};
 
 use super::artifact::cache;
 use super::artifact::engine::{Concurrency, Engines};
