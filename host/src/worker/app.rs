@@ -118,10 +118,17 @@ async fn load_one(
         request_timeout: limits.timeout,
         max_memory: limits.max_memory,
     };
-    let (engines, version) = (engines.clone(), spec.version.clone());
-    let handler =
+    let handler = if smoke == Smoke::WhenReused {
+        // Start-up: nothing is served yet, so the load may block this
+        // thread; a thread of its own would keep its allocator's memory.
+        Handler::load(engines, &spec.version, caps, policy)?
+    } else {
+        // A deploy: reading and mapping the artifact stays off the event
+        // loop that serves requests meanwhile.
+        let (engines, version) = (engines.clone(), spec.version.clone());
         tokio::task::spawn_blocking(move || Handler::load(&engines, &version, caps, policy))
-            .await??;
+            .await??
+    };
     if smoke != Smoke::WhenReused || handler.strategy() != Strategy::Fresh {
         handler
             .smoke_check(&limits.smoke.path, limits.smoke.timeout)
